@@ -457,12 +457,13 @@ class Daemon:
             raise
 
     def _start(self) -> None:
+        if not self.specs:
+            raise UsageError("no volume to serve: give at least one BACKING or BACKING=MOUNTPOINT")
+        self._validate()  # before any import that may fail: a typo must get the clearest message
+
         from vspfs.control import ControlServer
         from vspfs.provider import Provider
 
-        if not self.specs:
-            raise UsageError("no volume to serve: give at least one BACKING or BACKING=MOUNTPOINT")
-        self._validate()
         backend = self._backend or default_backend()
         self._backend = backend
 
