@@ -268,7 +268,7 @@ def serve(
     global _debug
     _debug = _debug or verbose
     specs = [VolumeSpec.parse(v) for v in volumes]
-    setup_logging(verbose, log_file, as_json)
+    setup_logging(_debug, log_file, as_json)
     s = _settings()
     return run(
         specs,

@@ -430,6 +430,7 @@ class Daemon:
         self._stopping = False
         self._start_failed = False
         self._shut_down = False
+        self._record_written = False
         self.started = time.time()
         self._ops: dict[str, Callable[[dict[str, Any]], object]] = {
             "snapshot.create": self._op_snapshot_create,
@@ -569,7 +570,7 @@ class Daemon:
                 except Exception as exc:
                     clean = False
                     log.error("could not close every volume: %s", exc)
-            if clean and not self._start_failed:
+            if clean and self._record_written:
                 self._remove_record()
             if self._server is not None:
                 try:
@@ -577,7 +578,7 @@ class Daemon:
                 except Exception as exc:
                     clean = False
                     log.error("could not close the control channel: %s", exc)
-        if self.provider is not None or self._server is not None:
+        if not self._start_failed:
             log.info("vspfs daemon stopped%s", "" if clean else " (with errors: see above)")
         return clean
 
@@ -695,6 +696,7 @@ class Daemon:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2)
             os.replace(tmp, path)
+            self._record_written = True
         except OSError as exc:
             log.warning("could not write %s: %s", path, exc.strerror or exc)
 
@@ -1160,7 +1162,11 @@ def serve(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         daemon.request_stop(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
+    previous: dict[int, Any] = {}
+    for sig in _STOP_SIGNALS:
+        if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # started under nohup: a hangup must not stop the daemon
+        previous[sig] = signal.signal(sig, on_signal)
     try:
         try:
             daemon.start()
