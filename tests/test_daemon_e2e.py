@@ -122,7 +122,10 @@ class Env:
                 pytest.fail(
                     f"vspfs serve exited with {self.daemon.returncode} during startup:\n{self.log_text()}"
                 )
-            return self.run("list", "--json", timeout=30).returncode == 0
+            try:
+                return self.run("list", "--json", timeout=30).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
 
         wait_until(ready, START_TIMEOUT, "the daemon to answer `vspfs list`", interval=0.2)
 
