@@ -1,0 +1,86 @@
+"""Locks that order live changes against snapshot creation and preservation.
+
+Lock order (always taken in this order, never the reverse):
+
+1. ``Gate`` of a volume, shared by every live change; held exclusively by
+   snapshot creation/destruction (for several volumes: in volume-id order).
+2. the volume's namespace lock (an RLock): every create/unlink/rename/link/
+   mkdir/rmdir, so a directory listing is preserved before it changes.
+3. an identity stripe lock (``StripedLocks``): preserving the metadata and
+   chunks of one inode, so two writers never copy the same chunk twice.
+4. the cache file's append lock and the retained area's table lock (leaves).
+
+Readers of a snapshot take none of these: they rely on the publish order
+(preserve, publish, then change the live file) and re-check the index after
+reading live data.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from vspfs.errors import VspError
+
+
+class Gate:
+    """Many live changes at once, or one snapshot recorder alone.
+
+    Not re-entrant: a live operation must enter it once and never call
+    another gated operation while inside.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._held = False
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._held:
+                self._cond.wait()
+            self._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._active == 0 and self._held:
+                self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, timeout: float = 30.0) -> Iterator[None]:
+        """Block new changes and wait for in-flight ones to drain."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._held:
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise VspError(f"another snapshot operation did not finish within {timeout:g} s")
+            self._held = True
+            while self._active:
+                remaining = deadline - time.monotonic()
+                if (remaining <= 0 or not self._cond.wait(remaining)) and self._active:
+                    self._held = False
+                    self._cond.notify_all()
+                    raise VspError(
+                        f"in-flight writes did not drain within {timeout:g} s: try again when "
+                        "the volume is less busy"
+                    )
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held = False
+                self._cond.notify_all()
+
+
+class StripedLocks:
+    """A fixed set of locks indexed by inode number: bounded memory whatever
+    the number of files, at the price of rare false sharing."""
+
+    def __init__(self, stripes: int = 256) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    def __call__(self, ino: int) -> threading.Lock:
+        return self._locks[ino % len(self._locks)]

@@ -1,0 +1,672 @@
+"""The live view of a volume: a pass-through that preserves before it changes.
+
+Every operation an application makes through the live view arrives here.
+Without an active snapshot it is a plain pass-through; with one, whatever a
+snapshot still needs is preserved *before* the change reaches the backing
+filesystem (DESIGN.md, "Copy-on-write, file level").
+
+Every backing call is relative to the volume's directory fd (the *at calls):
+root+path strings break at PATH_MAX, libfuse changes the working directory,
+and when the live view is mounted over its own backing directory the path
+leads back into the mount. Extended attributes, which have no *at calls, go
+through ``/proc/self/fd/<dirfd>/<name>``.
+
+Concurrency: see ``vspfs.gate`` for the lock order. ``self._snaps`` is
+replaced, never mutated, and only while the gate is held exclusively, so a
+live operation reads it once and sees a stable list.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat as statmod
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vspfs import cow
+from vspfs.attrs import Attr
+from vspfs.cacheformat import DEFAULT_CHUNK_SIZE, RETAINED_DIR_NAME, is_cache_file_name
+from vspfs.errors import ProtectedName
+from vspfs.gate import Gate, StripedLocks
+from vspfs.retained import RetainedArea
+from vspfs.syscalls import (
+    FALLOC_FL_COLLAPSE_RANGE,
+    FALLOC_FL_INSERT_RANGE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    RENAME_WHITEOUT,
+    UTIME_NOW,
+    UTIME_OMIT,
+    fallocate,
+    renameat2,
+    utimensat,
+)
+
+if TYPE_CHECKING:
+    from vspfs.snapshot import Snapshot
+
+__all__ = [
+    "RENAME_EXCHANGE",
+    "RENAME_NOREPLACE",
+    "UTIME_NOW",
+    "UTIME_OMIT",
+    "Caller",
+    "Volume",
+    "is_hidden_root_name",
+    "read_xattrs",
+    "scan_dir",
+]
+
+log = logging.getLogger(__name__)
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_IS_ROOT = os.geteuid() == 0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked: new files belong to the caller, not to the daemon."""
+
+    uid: int
+    gid: int
+    pid: int = 0
+
+
+@dataclass
+class OpenFile:
+    fd: int
+    ino: int
+    path: str
+    writable: bool
+    append: bool
+    read_fd: int = -1  # lazily opened read-only twin, for preservation
+
+
+def is_hidden_root_name(name: str) -> bool:
+    """Names at a volume root that belong to vspfs, not to applications."""
+    return name == RETAINED_DIR_NAME or is_cache_file_name(name)
+
+
+def _rel(path: str) -> str:
+    rel = path.strip("/")
+    return rel or "."
+
+
+def _split(path: str) -> tuple[str, str]:
+    rel = path.strip("/")
+    if not rel:
+        raise OSError(errno.EBUSY, "the volume root cannot be changed this way", "/")
+    parent, _, name = rel.rpartition("/")
+    return parent or ".", name
+
+
+def read_xattrs(target: int | str) -> list[tuple[bytes, bytes]]:
+    """All extended attributes of an fd, or of a path without following a
+    final symlink. Filesystems without xattr support give an empty list."""
+    follow = not isinstance(target, str)
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            return []
+        raise
+    out = []
+    for name in names:
+        try:
+            out.append((os.fsencode(name), os.getxattr(target, name, follow_symlinks=follow)))
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+    return out
+
+
+def scan_dir(fd: int, at_root: bool) -> list[tuple[str, int, int]]:
+    """(name, ino, S_IFMT type) of every entry of an open directory."""
+    out = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if at_root and is_hidden_root_name(entry.name):
+                continue
+            if entry.is_symlink():
+                ftype = statmod.S_IFLNK
+            elif entry.is_dir(follow_symlinks=False):
+                ftype = statmod.S_IFDIR
+            elif entry.is_file(follow_symlinks=False):
+                ftype = statmod.S_IFREG
+            else:
+                ftype = statmod.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
+            out.append((entry.name, entry.inode(), ftype))
+    return out
+
+
+class Volume:
+    """A served backing directory and its snapshots' copy-on-write hooks."""
+
+    def __init__(self, backing: str, *, volume_id: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        self.backing = os.path.realpath(backing)
+        self.name = os.path.basename(self.backing) or self.backing
+        self.volume_id = volume_id or hashlib.sha256(os.fsencode(self.backing)).hexdigest()[:12]
+        self.chunk_size = chunk_size
+        self.root_fd = os.open(self.backing, _DIR)
+        st = os.fstat(self.root_fd)
+        self.dev = st.st_dev
+        self.root_ino = st.st_ino
+        self.retained = RetainedArea(self.root_fd, self.backing)
+        self._gate = Gate()
+        self._ns_lock = threading.RLock()
+        self._stripe = StripedLocks()
+        self._handles: dict[int, OpenFile] = {}
+        self._snaps: list[Snapshot] = []
+        #: monotonic time of the last change through the live view (quiet period)
+        self.last_change_ns = time.monotonic_ns()
+        self.change_count = 0
+        self.mountpoint: str | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def root_path(self) -> str:
+        """A path to the backing directory that still works when the live view
+        is mounted over it (the daemon must never go through its own mount)."""
+        return f"/proc/self/fd/{self.root_fd}"
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        return list(self._snaps)
+
+    def attach(self, snap: Snapshot) -> None:
+        """Start preserving for ``snap``. Caller holds ``hold_changes``."""
+        self._snaps = [*self._snaps, snap]
+
+    def detach(self, snap: Snapshot) -> None:
+        """Stop preserving for ``snap``; waits for preservation in flight."""
+        with self._gate.hold():
+            self._snaps = [s for s in self._snaps if s is not snap]
+
+    def hold_changes(self, timeout: float = 30.0):
+        """Context manager: no live change runs while it is held."""
+        return self._gate.hold(timeout)
+
+    def open_for_write(self) -> list[str]:
+        return sorted({of.path for of in list(self._handles.values()) if of.writable})
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fh in list(self._handles):
+            self.release(fh)
+        self.retained.close()
+        os.close(self.root_fd)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def adjust(self, attr: Attr) -> Attr:
+        """Hide vspfs's own links: retained hard links and the retained area
+        (a subdirectory of the root) do not count in st_nlink."""
+        extra = self.retained.extra_links(attr.ino)
+        if attr.ino == self.root_ino:
+            extra += 1
+        return attr.with_nlink(attr.nlink - extra) if extra else attr
+
+    def _visible(self, path: str) -> str:
+        rel = _rel(path)
+        if is_hidden_root_name(rel.split("/", 1)[0]):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return rel
+
+    def _changeable(self, path: str) -> str:
+        rel = _rel(path)
+        if is_hidden_root_name(rel.split("/", 1)[0]):
+            raise ProtectedName(f"{path}: reserved for vspfs (cache file or retained area)")
+        return rel
+
+    @contextmanager
+    def _changing(self) -> Iterator[list[Snapshot]]:
+        """Enter the gate for one live change; yields the snapshots to serve."""
+        with self._gate:
+            try:
+                yield self._snaps
+            finally:
+                self.last_change_ns = time.monotonic_ns()
+                self.change_count += 1
+
+    @contextmanager
+    def _parent(self, path: str) -> Iterator[tuple[int, str]]:
+        parent, name = _split(self._changeable(path))
+        if parent == ".":
+            yield self.root_fd, name
+            return
+        fd = os.open(parent, _DIR | os.O_NOFOLLOW, dir_fd=self.root_fd)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def _handle(self, fh: int) -> OpenFile:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from None
+
+    def _register(self, fd: int, path: str, flags: int) -> int:
+        acc = flags & os.O_ACCMODE
+        self._handles[fd] = OpenFile(
+            fd=fd,
+            ino=os.fstat(fd).st_ino,
+            path=path,
+            writable=acc != os.O_RDONLY,
+            append=bool(flags & os.O_APPEND),
+        )
+        return fd
+
+    def _reader(self, of: OpenFile) -> int:
+        """A read-only fd on an open file, for copying its original chunks even
+        when the application opened it write-only (or it was unlinked)."""
+        if of.read_fd < 0:
+            of.read_fd = os.open(f"/proc/self/fd/{of.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        return of.read_fd
+
+    def _own(self, parent_fd: int, name: str, caller: Caller | None, fd: int | None = None) -> None:
+        """Give a new object to its creator, as the kernel would have done."""
+        if caller is None or not _IS_ROOT:
+            return
+        gid = caller.gid
+        pst = os.fstat(parent_fd)
+        if pst.st_mode & statmod.S_ISGID:
+            gid = pst.st_gid
+        if fd is not None:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (caller.uid, gid):
+                os.fchown(fd, caller.uid, gid)
+                if st.st_mode & (statmod.S_ISUID | statmod.S_ISGID):
+                    os.fchmod(fd, statmod.S_IMODE(st.st_mode))
+            return
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) != (caller.uid, gid):
+            os.chown(name, caller.uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+            if not statmod.S_ISLNK(st.st_mode) and st.st_mode & (statmod.S_ISUID | statmod.S_ISGID):
+                os.chmod(name, statmod.S_IMODE(st.st_mode), dir_fd=parent_fd)
+
+    # -- preservation ----------------------------------------------------------
+
+    def _wanting(self, snaps: list[Snapshot], ino: int) -> list[Snapshot]:
+        return [s for s in snaps if s.wants(ino)]
+
+    def _preserve_fd(self, snaps: list[Snapshot], ino: int, fd: int, start: int = 0, end: int = 0) -> None:
+        """Preserve metadata of an open inode and its chunks in [start, end)."""
+        wanting = self._wanting(snaps, ino)
+        if not wanting:
+            return
+        with self._stripe(ino):
+            cow.preserve_meta(
+                wanting, ino, lambda: (self.adjust(Attr.from_stat(os.fstat(fd))), read_xattrs(fd))
+            )
+            if end > start:
+                cow.preserve_chunks(wanting, ino, fd, start, end, self.chunk_size)
+
+    def _preserve_at(self, snaps: list[Snapshot], dir_fd: int, name: str) -> os.stat_result | None:
+        """Preserve the metadata of ``name`` in ``dir_fd``; returns its stat
+        (None if it does not exist)."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        wanting = self._wanting(snaps, st.st_ino)
+        if wanting:
+            with self._stripe(st.st_ino):
+                cow.preserve_meta(
+                    wanting,
+                    st.st_ino,
+                    lambda: (
+                        self.adjust(Attr.from_stat(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))),
+                        read_xattrs(f"/proc/self/fd/{dir_fd}/{name}"),
+                    ),
+                )
+        return st
+
+    def _preserve_dir(self, snaps: list[Snapshot], dir_fd: int) -> None:
+        """Preserve a directory's listing and metadata before its namespace changes."""
+        st = os.fstat(dir_fd)
+        wanting = self._wanting(snaps, st.st_ino)
+        if not wanting:
+            return
+        at_root = st.st_ino == self.root_ino
+        with self._stripe(st.st_ino):
+            cow.preserve_meta(
+                wanting,
+                st.st_ino,
+                lambda: (self.adjust(Attr.from_stat(os.fstat(dir_fd))), read_xattrs(dir_fd)),
+            )
+        cow.preserve_listing(wanting, st.st_ino, lambda: scan_dir(dir_fd, at_root))
+
+    def _retain(self, snaps: list[Snapshot], dir_fd: int, name: str, st: os.stat_result) -> None:
+        """Keep an object reachable by identity before its name goes away."""
+        owners = {s.id for s in self._wanting(snaps, st.st_ino)}
+        if not owners:
+            return
+        if statmod.S_ISDIR(st.st_mode):
+            self.retained.keep_dir(st.st_ino, dir_fd, name, owners)
+        else:
+            self.retained.keep_file(st.st_ino, dir_fd, name, owners, st.st_blocks * 512)
+
+    def _mark_new(self, snaps: list[Snapshot], ino: int) -> None:
+        for s in snaps:
+            s.mark_new(ino)
+
+    # -- reads -----------------------------------------------------------------
+
+    def getattr(self, path: str, fh: int | None = None) -> Attr:
+        if fh is not None and fh in self._handles:
+            st = os.fstat(self._handles[fh].fd)
+        else:
+            st = os.stat(self._visible(path), dir_fd=self.root_fd, follow_symlinks=False)
+        return self.adjust(Attr.from_stat(st))
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self._visible(path), dir_fd=self.root_fd)
+
+    def readdir(self, path: str) -> list[str]:
+        rel = self._visible(path)
+        fd = os.open(rel, _DIR | os.O_NOFOLLOW, dir_fd=self.root_fd)
+        try:
+            names = os.listdir(fd)
+        finally:
+            os.close(fd)
+        if rel == ".":
+            names = [n for n in names if not is_hidden_root_name(n)]
+        return names
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        return os.pread(self._handle(fh).fd, size, offset)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        rel = self._visible(path)
+        if rel == ".":
+            return os.getxattr(self.root_fd, name)
+        with self._parent(path) as (pfd, leaf):
+            return os.getxattr(f"/proc/self/fd/{pfd}/{leaf}", name, follow_symlinks=False)
+
+    def listxattr(self, path: str) -> list[str]:
+        rel = self._visible(path)
+        if rel == ".":
+            return os.listxattr(self.root_fd)
+        with self._parent(path) as (pfd, leaf):
+            return os.listxattr(f"/proc/self/fd/{pfd}/{leaf}", follow_symlinks=False)
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.root_fd)
+
+    # -- open files --------------------------------------------------------------
+
+    def open(self, path: str, flags: int, caller: Caller | None = None) -> int:
+        rel = self._visible(path)
+        trunc = bool(flags & os.O_TRUNC) and (flags & os.O_ACCMODE) != os.O_RDONLY
+        oflags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY)) | os.O_CLOEXEC | os.O_NOFOLLOW
+        if not trunc:
+            return self._register(os.open(rel, oflags, dir_fd=self.root_fd), rel, flags)
+        with self._changing() as snaps:
+            return self._open_truncating(snaps, self.root_fd, rel, oflags, flags)
+
+    def _open_truncating(self, snaps: list[Snapshot], dir_fd: int, name: str, oflags: int, flags: int) -> int:
+        fd = os.open(name, oflags, dir_fd=dir_fd)
+        try:
+            ino = os.fstat(fd).st_ino
+            if snaps:
+                rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._preserve_fd(snaps, ino, rfd, 0, cow.TO_END)
+                finally:
+                    os.close(rfd)
+            os.ftruncate(fd, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._register(fd, _rel(name), flags)
+
+    def create(self, path: str, flags: int, mode: int, caller: Caller | None = None) -> int:
+        rel = self._changeable(path)
+        with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
+            oflags = (
+                (flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY)) | os.O_CLOEXEC | os.O_NOFOLLOW
+            )
+            try:
+                os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                exists = True
+            except FileNotFoundError:
+                exists = False
+            if exists:
+                if flags & os.O_EXCL:
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+                if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY:
+                    return self._open_truncating(snaps, pfd, name, oflags, flags)
+                return self._register(os.open(name, oflags, dir_fd=pfd), rel, flags)
+            if snaps:
+                self._preserve_dir(snaps, pfd)
+            fd = os.open(name, oflags | os.O_CREAT | os.O_EXCL, mode, dir_fd=pfd)
+            try:
+                self._mark_new(snaps, os.fstat(fd).st_ino)
+                self._own(pfd, name, caller, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return self._register(fd, rel, flags)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        of = self._handle(fh)
+        with self._changing() as snaps:
+            if snaps:
+                start = os.fstat(of.fd).st_size if of.append else offset
+                self._preserve_fd(snaps, of.ino, self._reader(of), start, start + len(data))
+            return os.pwrite(of.fd, data, offset)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        with self._changing() as snaps:
+            if fh is not None and fh in self._handles:
+                of = self._handles[fh]
+                if snaps:
+                    self._preserve_fd(snaps, of.ino, self._reader(of), length, cow.TO_END)
+                os.ftruncate(of.fd, length)
+                return
+            fd = os.open(
+                self._changeable(path), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root_fd
+            )
+            try:
+                if snaps:
+                    rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        self._preserve_fd(snaps, os.fstat(fd).st_ino, rfd, length, cow.TO_END)
+                    finally:
+                        os.close(rfd)
+                os.ftruncate(fd, length)
+            finally:
+                os.close(fd)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        of = self._handle(fh)
+        with self._changing() as snaps:
+            if snaps:
+                if mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE):
+                    start, end = offset, cow.TO_END
+                elif mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                    start, end = offset, offset + length
+                else:
+                    start = end = 0
+                self._preserve_fd(snaps, of.ino, self._reader(of), start, end)
+            fallocate(of.fd, mode, offset, length)
+
+    def fsync(self, fh: int, datasync: bool = False) -> None:
+        fd = self._handle(fh).fd
+        if datasync:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
+
+    def flush(self, fh: int) -> None:
+        self._handle(fh)
+
+    def release(self, fh: int) -> None:
+        of = self._handles.pop(fh, None)
+        if of is None:
+            return
+        if of.read_fd >= 0:
+            os.close(of.read_fd)
+        os.close(of.fd)
+
+    # -- namespace ---------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int, caller: Caller | None = None) -> None:
+        with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
+            if snaps:
+                self._preserve_dir(snaps, pfd)
+            os.mkdir(name, mode, dir_fd=pfd)
+            self._created(snaps, pfd, name, caller)
+
+    def mknod(self, path: str, mode: int, dev: int = 0, caller: Caller | None = None) -> None:
+        with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
+            if snaps:
+                self._preserve_dir(snaps, pfd)
+            os.mknod(name, mode, dev, dir_fd=pfd)
+            self._created(snaps, pfd, name, caller)
+
+    def symlink(self, target: str, path: str, caller: Caller | None = None) -> None:
+        with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
+            if snaps:
+                self._preserve_dir(snaps, pfd)
+            os.symlink(target, name, dir_fd=pfd)
+            self._created(snaps, pfd, name, caller)
+
+    def _created(self, snaps: list[Snapshot], pfd: int, name: str, caller: Caller | None) -> None:
+        if snaps:
+            self._mark_new(snaps, os.stat(name, dir_fd=pfd, follow_symlinks=False).st_ino)
+        self._own(pfd, name, caller)
+
+    def link(self, existing: str, new: str) -> None:
+        src = self._changeable(existing)
+        with self._changing() as snaps, self._ns_lock, self._parent(new) as (pfd, name):
+            if snaps:
+                with self._parent(existing) as (spfd, sname):
+                    self._preserve_at(snaps, spfd, sname)
+                self._preserve_dir(snaps, pfd)
+            os.link(src, name, src_dir_fd=self.root_fd, dst_dir_fd=pfd, follow_symlinks=False)
+
+    def unlink(self, path: str) -> None:
+        with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
+            if snaps:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                self._preserve_dir(snaps, pfd)
+                if not statmod.S_ISDIR(st.st_mode):
+                    self._preserve_at(snaps, pfd, name)
+                    self._retain(snaps, pfd, name, st)
+            os.unlink(name, dir_fd=pfd)
+
+    def rmdir(self, path: str) -> None:
+        with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False) if snaps else None
+            if st is None or not statmod.S_ISDIR(st.st_mode) or not self._wanting(snaps, st.st_ino):
+                os.rmdir(name, dir_fd=pfd)
+                return
+            # A snapshot still names this directory: park it (empty) in the
+            # retained area instead of deleting it, so its inode stays ours.
+            fd = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=pfd)
+            try:
+                if os.listdir(fd):
+                    raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), path)
+            finally:
+                os.close(fd)
+            self._preserve_dir(snaps, pfd)
+            self._preserve_at(snaps, pfd, name)
+            self._retain(snaps, pfd, name, st)
+            renameat2(pfd, name, self.retained.fd, self.retained.park_dir(st.st_ino), RENAME_NOREPLACE)
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), old)
+        with (
+            self._changing() as snaps,
+            self._ns_lock,
+            self._parent(old) as (opfd, oname),
+            self._parent(new) as (npfd, nname),
+        ):
+            if snaps:
+                sst = os.stat(oname, dir_fd=opfd, follow_symlinks=False)
+                try:
+                    tst = os.stat(nname, dir_fd=npfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    tst = None
+                self._preserve_dir(snaps, opfd)
+                self._preserve_dir(snaps, npfd)
+                self._preserve_at(snaps, opfd, oname)
+                self._retain(snaps, opfd, oname, sst)
+                if tst is not None and tst.st_ino != sst.st_ino:
+                    self._preserve_at(snaps, npfd, nname)
+                    self._retain(snaps, npfd, nname, tst)
+            renameat2(opfd, oname, npfd, nname, flags)
+
+    # -- metadata ----------------------------------------------------------------
+
+    def _preserve_path(self, snaps: list[Snapshot], path: str) -> None:
+        rel = self._changeable(path)
+        if rel == ".":
+            st = os.fstat(self.root_fd)
+            if self._wanting(snaps, st.st_ino):
+                self._preserve_fd(snaps, st.st_ino, self.root_fd)
+            return
+        with self._parent(path) as (pfd, name):
+            if self._preserve_at(snaps, pfd, name) is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        with self._changing() as snaps:
+            if snaps:
+                self._preserve_path(snaps, path)
+            rel = self._changeable(path)
+            fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root_fd)
+            try:
+                if statmod.S_ISLNK(os.fstat(fd).st_mode):
+                    raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), path)
+                os.chmod(f"/proc/self/fd/{fd}", mode)
+            finally:
+                os.close(fd)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        with self._changing() as snaps:
+            if snaps:
+                self._preserve_path(snaps, path)
+            os.chown(self._changeable(path), uid, gid, dir_fd=self.root_fd, follow_symlinks=False)
+
+    def utimens(self, path: str, atime_ns: int, mtime_ns: int) -> None:
+        with self._changing() as snaps:
+            if snaps:
+                self._preserve_path(snaps, path)
+            utimensat(self.root_fd, self._changeable(path), atime_ns, mtime_ns)
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        with self._changing() as snaps:
+            if snaps:
+                self._preserve_path(snaps, path)
+            if self._changeable(path) == ".":
+                os.setxattr(self.root_fd, name, value, flags)
+                return
+            with self._parent(path) as (pfd, leaf):
+                os.setxattr(f"/proc/self/fd/{pfd}/{leaf}", name, value, flags, follow_symlinks=False)
+
+    def removexattr(self, path: str, name: str) -> None:
+        with self._changing() as snaps:
+            if snaps:
+                self._preserve_path(snaps, path)
+            if self._changeable(path) == ".":
+                os.removexattr(self.root_fd, name)
+                return
+            with self._parent(path) as (pfd, leaf):
+                os.removexattr(f"/proc/self/fd/{pfd}/{leaf}", name, follow_symlinks=False)
