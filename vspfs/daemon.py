@@ -714,15 +714,18 @@ class Daemon:
             raise MountError(f"cannot mount the {what}: {_why(exc)}") from None
         try:
             ready = handle.wait_ready(MOUNT_TIMEOUT)
-        except Exception as exc:
-            ready = False
-            why = _why(exc)
-        else:
-            why = f"it did not answer within {MOUNT_TIMEOUT:g} s"
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                handle.unmount(UNMOUNT_TIMEOUT)
+            if isinstance(exc, VspError):
+                raise  # the adapter's message already names the mount and the cause
+            if not isinstance(exc, Exception):
+                raise
+            raise MountError(f"cannot mount the {what}: {_why(exc)}") from None
         if ready is False:
             with contextlib.suppress(Exception):
                 handle.unmount(UNMOUNT_TIMEOUT)
-            raise MountError(f"cannot mount the {what}: {why}")
+            raise MountError(f"cannot mount the {what}: it did not answer within {MOUNT_TIMEOUT:g} s")
         return handle
 
     # ------------------------------------------------------------ requests
