@@ -933,8 +933,19 @@ class Daemon:
         snap = self._snapshot(snap_id)
         for drive in [d for d in self._drives if d.snapshot_id == snap_id]:
             self._unmount_drive(drive)
-        self.provider.destroy(snap)
-        log.info("snapshot %s destroyed", snap_id)
+        self.provider.destroy(snap)  # the provider logs it
+
+    def _without_own(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Drop this daemon's own live cache files from "kept": they are not leftovers."""
+        assert self.provider is not None
+        own: set[str] = set()
+        for snap in self.provider.snapshots.values():
+            own.add(snap.cache.path)
+            display = getattr(snap.cache, "display_path", None)
+            if display:
+                own.add(display)
+        result["kept"] = [k for k in result["kept"] if k.get("path") not in own]
+        return result
 
     # -- operations
 
@@ -971,9 +982,7 @@ class Daemon:
             value = _opt_str(args, key)
             if value is not None:
                 kwargs[key] = value
-        snaps = self.provider.create_snapshot_set(vols, **kwargs)
-        for s in snaps:
-            log.info("snapshot %s of %s created", s.id, s.volume.backing)
+        snaps = self.provider.create_snapshot_set(vols, **kwargs)  # the provider logs each one
         mounted: dict[str, str] = {}
         try:
             for snap, target in zip(snaps, targets, strict=True):
@@ -1059,7 +1068,7 @@ class Daemon:
                 if not os.path.isdir(name):
                     raise UsageError(f"{name} is not a directory: name a volume or cache volume") from None
                 paths.append(_real(name))
-        result = cleanup_result(self.provider.cleanup(paths or None))
+        result = self._without_own(cleanup_result(self.provider.cleanup(paths or None)))
         for path in result["removed"]:
             log.info("removed stale %s", path)
         result["daemon"] = True

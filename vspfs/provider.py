@@ -320,7 +320,7 @@ class Provider:
             snap.volume.detach(snap)
             snap.close()
             snap.cache.close(delete=True)
-            snap.volume.retained.release_owner(snap.id)
+            snap.volume.forget_snapshot(snap)
             log.info("snapshot %s destroyed, cache file removed", snap.id)
 
     # -- cleanup -------------------------------------------------------------------

@@ -30,6 +30,8 @@ import logging
 import os
 import stat as statmod
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vspfs.cacheformat import RETAINED_DIR_NAME
@@ -55,10 +57,11 @@ class RetainedArea:
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}
         remove_stale_area(root_fd, volume_name)
-        try:
-            os.mkdir(RETAINED_DIR_NAME, 0o700, dir_fd=root_fd)
-        except FileExistsError:
-            pass
+        with _root_times_kept(root_fd):
+            try:
+                os.mkdir(RETAINED_DIR_NAME, 0o700, dir_fd=root_fd)
+            except FileExistsError:
+                pass
         self.fd = os.open(RETAINED_DIR_NAME, _DIR_FLAGS, dir_fd=root_fd)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -129,17 +132,24 @@ class RetainedArea:
             self._entries[ino].in_area = True
         return str(ino)
 
-    def release_owner(self, owner: str) -> None:
-        """Drop a destroyed snapshot; remove what no remaining snapshot needs."""
+    def release_owner(self, owner: str, before_unlink: Callable[[int], None] | None = None) -> None:
+        """Drop a destroyed snapshot; remove what no remaining snapshot needs.
+
+        Removing a retained link changes the inode's ctime and link count, so
+        ``before_unlink(ino)`` runs first, while the link still exists, to let
+        the remaining snapshots preserve the metadata they still see."""
         with self._lock:
-            done = [ino for ino, e in self._entries.items() if owner in e.owners]
             victims = []
-            for ino in done:
-                entry = self._entries[ino]
+            for ino, entry in self._entries.items():
+                if owner in entry.owners and len(entry.owners) == 1:
+                    victims.append(ino)
                 entry.owners.discard(owner)
-                if not entry.owners:
-                    victims.append((ino, self._entries.pop(ino)))
-        for ino, entry in victims:
+        for ino in victims:
+            entry = self._entries[ino]
+            if before_unlink is not None and entry.in_area and not entry.is_dir:
+                before_unlink(ino)
+            with self._lock:
+                del self._entries[ino]
             if entry.dir_fd >= 0:
                 os.close(entry.dir_fd)
             if entry.in_area:
@@ -161,9 +171,24 @@ class RetainedArea:
         _clear_dir(self.fd)
         os.close(self.fd)
         try:
-            os.rmdir(RETAINED_DIR_NAME, dir_fd=self._root_fd)
+            with _root_times_kept(self._root_fd):
+                os.rmdir(RETAINED_DIR_NAME, dir_fd=self._root_fd)
         except OSError as exc:
             log.warning("could not remove the retained area: %s", exc)
+
+
+@contextmanager
+def _root_times_kept(root_fd: int) -> Iterator[None]:
+    """Creating or removing the area must not show as a change of the
+    volume root: put its atime and mtime back (ctime cannot be restored)."""
+    st = os.fstat(root_fd)
+    try:
+        yield
+    finally:
+        try:
+            os.utime(root_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError as exc:
+            log.debug("could not restore the root's times: %s", exc)
 
 
 def _clear_dir(fd: int) -> None:
@@ -216,7 +241,8 @@ def remove_stale_area(root_fd: int, volume_name: str) -> bool:
         except BlockingIOError:
             return False
         _clear_dir(fd)
-        os.rmdir(RETAINED_DIR_NAME, dir_fd=root_fd)
+        with _root_times_kept(root_fd):
+            os.rmdir(RETAINED_DIR_NAME, dir_fd=root_fd)
         log.info("removed a stale retained area on %s", volume_name)
         return True
     finally:

@@ -148,6 +148,40 @@ def scan_dir(fd: int, at_root: bool) -> list[tuple[str, int, int]]:
     return out
 
 
+def _rename_fails(
+    old: str,
+    new: str,
+    flags: int,
+    sst: os.stat_result,
+    tst: os.stat_result | None,
+    npfd: int,
+    nname: str,
+) -> bool:
+    """True when rename(2) is certain to refuse this request (conservative:
+    False whenever in doubt, so nothing a snapshot needs is ever skipped)."""
+    src_dir = statmod.S_ISDIR(sst.st_mode)
+    if src_dir and (_rel(new) + "/").startswith(_rel(old) + "/") and _rel(new) != _rel(old):
+        return True  # EINVAL: a directory cannot move into itself
+    if tst is None:
+        return bool(flags & RENAME_EXCHANGE)  # ENOENT
+    if tst.st_ino == sst.st_ino:
+        return False  # same inode: a successful no-op
+    if flags & RENAME_NOREPLACE:
+        return True  # EEXIST
+    if flags & RENAME_EXCHANGE:
+        return False
+    dst_dir = statmod.S_ISDIR(tst.st_mode)
+    if src_dir != dst_dir:
+        return True  # ENOTDIR / EISDIR
+    if dst_dir:
+        fd = os.open(nname, _DIR | os.O_NOFOLLOW, dir_fd=npfd)
+        try:
+            return bool(os.listdir(fd))  # ENOTEMPTY
+        finally:
+            os.close(fd)
+    return False
+
+
 class Volume:
     """A served backing directory and its snapshots' copy-on-write hooks."""
 
@@ -196,6 +230,13 @@ class Volume:
     def hold_changes(self, timeout: float = 30.0):
         """Context manager: no live change runs while it is held."""
         return self._gate.hold(timeout)
+
+    def forget_snapshot(self, snap: Snapshot) -> None:
+        """Drop what only ``snap`` needed from the retained area (after detach)."""
+        with self._changing() as snaps, self._ns_lock:
+            self.retained.release_owner(
+                snap.id, lambda ino: self._preserve_at(snaps, self.retained.fd, str(ino))
+            )
 
     def open_for_write(self) -> list[str]:
         return sorted({of.path for of in list(self._handles.values()) if of.writable})
@@ -553,6 +594,9 @@ class Volume:
 
     def link(self, existing: str, new: str) -> None:
         src = self._changeable(existing)
+        # The kernel resolves the existing name before the new one's parent:
+        # report ENOENT for a missing source first, as it would.
+        os.stat(src, dir_fd=self.root_fd, follow_symlinks=False)
         with self._changing() as snaps, self._ns_lock, self._parent(new) as (pfd, name):
             if snaps:
                 with self._parent(existing) as (spfd, sname):
@@ -606,6 +650,11 @@ class Volume:
                     tst = None
                 self._preserve_dir(snaps, opfd)
                 self._preserve_dir(snaps, npfd)
+                if _rename_fails(old, new, flags, sst, tst, npfd, nname):
+                    # Retaining links would change ctimes that a failing
+                    # rename leaves alone: let the filesystem refuse it.
+                    renameat2(opfd, oname, npfd, nname, flags)
+                    raise OSError(errno.EIO, "rename succeeded where it was expected to fail", old)
                 self._preserve_at(snaps, opfd, oname)
                 self._retain(snaps, opfd, oname, sst)
                 if tst is not None and tst.st_ino != sst.st_ino:
