@@ -527,6 +527,11 @@ def test_daemon_json_shapes_and_lifecycle(
     assert status["id"] == sid and status["mounts"] == []
     assert status["created"].endswith("+00:00")
 
+    # cleanup while a snapshot lives: its cache file is neither removed nor reported
+    during = _json(capsys, "cleanup")
+    assert during == {"removed": [], "kept": [], "daemon": True}
+    assert os.path.exists(snap["cache_file"])
+
     full = _json(capsys, "status")
     assert full["daemon"]["pid"] == os.getpid()
     assert [s["id"] for s in full["snapshots"]] == [sid]
@@ -689,3 +694,19 @@ def test_exit_code_table_matches_errors() -> None:
     for code in (0, 1, 2, 3, 4, 5, 6, 7, 8, 70, 130):
         assert f"| {code} " in doc, code
     assert "10-19" in doc
+
+
+def test_janitor_does_nothing_after_a_clean_exit(tmp_path: Path) -> None:
+    """No record (clean shutdown) or a record of another daemon: the janitor just exits."""
+    from vspfs.daemon import janitor
+
+    gone = subprocess.Popen(["true"])
+    gone.wait(timeout=30)
+    missing = tmp_path / "served-x.json"
+    assert janitor(gone.pid, str(missing), grace=0) == 0
+    other = tmp_path / "served-y.json"
+    other.write_text(json.dumps({"pid": gone.pid + 1, "volumes": [{"backing": "/", "mountpoint": "/"}]}))
+    assert janitor(gone.pid, str(other), grace=0) == 0
+    mine = tmp_path / "served-z.json"
+    mine.write_text(json.dumps({"pid": gone.pid, "volumes": [{"backing": str(tmp_path), "mountpoint": "/"}]}))
+    assert janitor(gone.pid, str(mine), grace=0) == 0  # "/" is no vspfs mount: left alone

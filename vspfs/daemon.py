@@ -37,8 +37,10 @@ import hashlib
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -419,6 +421,9 @@ class Daemon:
         self.allow_other = allow_other
         self.state_dir = os.path.abspath(state_dir or default_state_dir())
         self._backend = backend
+        #: a watcher process removes mounts left dead if we are killed (real mounts only)
+        self._want_janitor = backend is None
+        self._janitor: subprocess.Popen[bytes] | None = None
         self.provider: Provider | None = None
         self._server: Any = None
         self._live: list[_Live] = []
@@ -485,6 +490,8 @@ class Daemon:
         self._remove_leftovers(previous)
         self._warn_open_files()
         self._write_record()
+        if self._want_janitor:
+            self._spawn_janitor()
 
         for live in self._live:
             if self._stop.is_set():
@@ -699,6 +706,34 @@ class Daemon:
             self._record_written = True
         except OSError as exc:
             log.warning("could not write %s: %s", path, exc.strerror or exc)
+
+    def _spawn_janitor(self) -> None:
+        """Start the process that cleans up our mounts if this daemon is killed.
+
+        auto_unmount alone is not enough: fusermount3 unmounts only if opening
+        the mount point fails with ENOTCONN, and when the kernel releases a
+        killed daemon's auto-unmount socket before its /dev/fuse file, the
+        helper looks while the connection is still up (the open then fails with
+        ECONNABORTED) and leaves the last mount dead. The janitor waits until
+        this process is gone (all its files released), then lazily detaches
+        any of our recorded mounts that answer ENOTCONN. It holds no fd but
+        stdio (close_fds) and exits as soon as we do.
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        path = record_path(self.state_dir, self.socket_path)
+        try:
+            self._janitor = subprocess.Popen(
+                [sys.executable, "-m", "vspfs.daemon", "janitor", str(os.getpid()), path],
+                stdin=subprocess.DEVNULL,
+                cwd="/",
+                env=env,
+                close_fds=True,
+                start_new_session=True,  # a Ctrl-C for the daemon's terminal is not for it
+            )
+        except OSError as exc:
+            log.warning("could not start the crash janitor (%s): a kill -9 may leave a dead mount", exc)
 
     def _remove_record(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -1192,3 +1227,68 @@ def serve(
         for sig, handler in previous.items():
             with contextlib.suppress(Exception):
                 signal.signal(sig, handler)
+
+
+# -------------------------------------------------------------------- janitor
+
+
+def _process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie counts: its files are released)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Block until ``pid`` has exited, with a pidfd where the kernel has them."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+        return
+    while not _process_gone(pid):
+        time.sleep(0.5)
+
+
+def janitor(pid: int, record: str, *, grace: float = 2.0) -> int:
+    """Run in the crash janitor: after daemon ``pid`` exits, detach its dead mounts.
+
+    A clean shutdown removes the record, so there is nothing to do; a new
+    daemon that rewrote the record owns the mounts in it now. Cache files
+    and retained areas are left to `vspfs cleanup` or the next `serve`,
+    which check their locks.
+    """
+    _wait_for_exit(pid)
+    try:
+        with open(record, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    if not isinstance(data, dict) or data.get("pid") != pid:
+        return 0
+    mounts = [mp for mp in record_mounts(data) if is_vspfs_mount(mount_table().get(mp))]
+    deadline = time.monotonic() + grace  # let auto_unmount do its job first
+    while mounts and time.monotonic() < deadline:
+        time.sleep(0.1)
+        mounts = [mp for mp in mounts if is_vspfs_mount(mount_table().get(mp))]
+    for mp in mounts:
+        if detach_dead_mount(mp):
+            print(f"vspfs janitor: removed the dead mount {mp} left by daemon {pid}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "janitor":
+        for _sig in _STOP_SIGNALS:  # it must outlive a signal meant for the daemon
+            signal.signal(_sig, signal.SIG_IGN)
+        sys.exit(janitor(int(sys.argv[2]), sys.argv[3]))
+    print("usage: python -m vspfs.daemon janitor PID RECORD (started by `vspfs serve`)", file=sys.stderr)
+    sys.exit(2)
