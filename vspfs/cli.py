@@ -227,6 +227,8 @@ def setup_logging(verbose: bool, log_file: str | None, as_json: bool) -> None:
         h.setFormatter(formatter)
         root.addHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # mfusepy logs every callback it wires (and more) at debug: one line per event is ours to keep
+    logging.getLogger("fuse").setLevel(logging.INFO)
 
 
 @cli.command(context_settings=_CONTEXT)
