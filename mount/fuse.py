@@ -73,6 +73,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 SUBTYPE = "vspfs"
 #: attribute and entry cache lifetime of a virtual drive: a snapshot never changes
 SNAPSHOT_CACHE_SECONDS = 3600
+#: libfuse 3.14's loop keeps at most 10 workers; saying so for idle ones too
+#: silences its "Ignoring invalid max threads value 4294967295" on every mount
+#: (its default of -1 is rejected by its own setter) without changing anything
+MAX_IDLE_THREADS = 10
+#: seconds unmount waits for the FUSE thread after a lazy (busy) unmount
+LAZY_GRACE = 1.0
 #: readahead asked for a virtual drive's bdi (KiB); the kernel offers 128 KiB,
 #: one FUSE request carries up to max_pages (256 pages = 1 MiB)
 SNAPSHOT_READAHEAD_KB = 1024
@@ -787,6 +793,7 @@ def live_options(
         "entry_timeout": 0,
         "negative_timeout": 0,
         "use_ino": True,
+        "max_idle_threads": MAX_IDLE_THREADS,
     }
     if allow_other:
         opts["allow_other"] = True
@@ -807,6 +814,7 @@ def snapshot_options(snapshot_id: str, *, allow_other: bool = False) -> dict[str
         "attr_timeout": SNAPSHOT_CACHE_SECONDS,
         "entry_timeout": SNAPSHOT_CACHE_SECONDS,
         "negative_timeout": SNAPSHOT_CACHE_SECONDS,
+        "max_idle_threads": MAX_IDLE_THREADS,
     }
     if allow_other:
         opts["allow_other"] = True
@@ -1137,7 +1145,9 @@ class MountHandle:
                     )
         elif not self._thread.is_alive():
             return "not mounted"
-        self._thread.join(left())
+        # after a lazy unmount the loop ends only when the last open file is
+        # closed, which waiting here does not hasten: a short grace, then report
+        self._thread.join(left() if how == "unmounted" else min(left(), LAZY_GRACE))
         if self._thread.is_alive():
             log.warning(
                 "%s: unmounted, but its FUSE thread still serves files that stay open", self.mountpoint
