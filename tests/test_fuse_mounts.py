@@ -290,6 +290,8 @@ def test_unlinked_open_file_keeps_working(lv: Live) -> None:
         assert os.fstat(fd).st_size == 7
         os.ftruncate(fd, 3)
         assert os.pread(fd, 10, 0) == b"scr"
+        os.fchmod(fd, 0o640)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o640 and os.fstat(fd).st_nlink == 0
     finally:
         os.close(fd)
     # the kernel sends RELEASE after close() returns; libfuse then removes the hidden name
@@ -335,6 +337,10 @@ def test_daemon_process_state_is_untouched(tmp_path: Path) -> None:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 if signal.getsignal(sig) == signal.SIG_DFL:
                     assert fuse.c_signal_handler(sig) == 0, signal.Signals(sig).name
+            # the daemon's umask (0o027 here) must not apply a second time: the
+            # kernel already applied the caller's (0 in the child)
+            run_client(f"import os; os.umask(0); os.close(os.open({live.m('wide')!r}, os.O_CREAT, 0o666))")
+            assert stat.S_IMODE(os.stat(live.b("wide")).st_mode) == 0o666
             entry = fuse.mounts_at(live.mnt)[-1]
             assert entry["fstype"] == "fuse.vspfs"
             assert entry["source"] == f"vspfs-live:{live.volume.volume_id}"
