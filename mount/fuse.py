@@ -940,12 +940,15 @@ def mounts_at(path: str) -> list[dict[str, str]]:
 # ------------------------------------------------------------ mount checks
 
 
-def _check_tools() -> str:
+def _check_tools(mountpoint: str) -> str:
     tool = shutil.which("fusermount3")
     if tool is None:
-        raise MountError("fusermount3 is missing: apt-get install fuse3")
+        raise MountError(f"cannot mount at {mountpoint}: fusermount3 is missing; apt-get install fuse3")
     if not os.path.exists("/dev/fuse"):
-        raise MountError("/dev/fuse is missing: modprobe fuse (in a container: --device /dev/fuse)")
+        raise MountError(
+            f"cannot mount at {mountpoint}: /dev/fuse is missing; modprobe fuse "
+            "(in a container: --device /dev/fuse)"
+        )
     return tool
 
 
@@ -1183,7 +1186,7 @@ def mount_live(
     before this mount, so mounting over the backing directory keeps its
     access to the tree underneath. Returns at once; call ``wait_ready``.
     """
-    _check_tools()
+    _check_tools(mountpoint)
     load_mfusepy()
     backing = os.path.realpath(volume.backing)
     real = os.path.realpath(mountpoint)
@@ -1210,7 +1213,7 @@ def mount_live(
 
 def mount_snapshot(snapshot: Snapshot, mountpoint: str, *, allow_other: bool = False) -> MountHandle:
     """Mount ``snapshot`` read-only at the empty directory ``mountpoint``. Returns at once."""
-    _check_tools()
+    _check_tools(mountpoint)
     load_mfusepy()
     real = _check_mountpoint(mountpoint, may_be_non_empty=False)
     options = snapshot_options(snapshot.id, allow_other=allow_other)

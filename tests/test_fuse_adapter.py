@@ -560,12 +560,13 @@ def test_mount_point_that_is_already_mounted_is_busy() -> None:
 
 def test_missing_fusermount3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(fuse.shutil, "which", lambda name: None)
-    with pytest.raises(MountError, match="fusermount3"):
+    with pytest.raises(MountError, match="fusermount3") as info:
         fuse.mount_snapshot(FakeSnapshot(), str(tmp_path))  # type: ignore[arg-type]
+    assert str(tmp_path) in str(info.value) and "apt-get install fuse3" in str(info.value)
 
 
 def test_live_view_inside_its_volume_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fuse, "_check_tools", lambda: "fusermount3")
+    monkeypatch.setattr(fuse, "_check_tools", lambda mountpoint: "fusermount3")
     monkeypatch.setattr(fuse, "load_mfusepy", lambda: None)
     vol = FakeVolume()
     vol.backing = str(tmp_path)  # type: ignore[misc]
