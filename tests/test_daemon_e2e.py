@@ -565,3 +565,26 @@ def test_janitor_removes_mounts_when_auto_unmount_cannot(env: Env) -> None:
     assert result["unmounted"] == []
     assert env.cache_files() == []
     assert not env.retained()
+
+
+def test_live_view_unmounted_behind_our_back_invalidates_its_snapshots(env: Env) -> None:
+    """Writes that bypass vspfs cannot be preserved: the snapshot must fail loudly, not lie."""
+    env.start()
+    fill(env.live)
+    snapdir = os.path.join(env.base, "snap")
+    (snap,) = env.json("snapshot", "create", env.live, "--mount", snapdir)["snapshots"]
+    subprocess.run(["fusermount3", "-u", "-z", env.live], check=True, capture_output=True, timeout=30)
+
+    def invalid() -> dict[str, Any] | None:
+        status = env.json("status", snap["id"])
+        return status if status["state"] == "invalid" else None
+
+    status = wait_until(invalid, 30, "the daemon to notice the lost live view")
+    assert env.live in status["invalid_reason"]
+    with pytest.raises(OSError) as exc:
+        Path(snapdir, "a.txt").read_bytes()
+    assert exc.value.errno == errno.EIO
+    assert env.stop() == 0, env.log_text()
+    assert mounts_under(env.base) == []
+    assert env.cache_files() == []
+    assert not env.retained()

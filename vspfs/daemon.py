@@ -67,6 +67,8 @@ UNMOUNT_TIMEOUT = 15.0
 STARTUP_WAIT = 60.0
 #: how often the main thread wakes up while waiting for a signal
 _TICK = 0.5
+#: how often the daemon checks that its live views are still mounted
+_WATCH_EVERY = 2.0
 #: what the daemon's mounts call themselves, used to recognise them in /proc/self/mountinfo
 _MARK = "vspfs"
 
@@ -522,9 +524,42 @@ class Daemon:
         Waits in short slices so that signal handlers run promptly in the
         main thread even on platforms where a long wait is not interruptible.
         """
+        next_check = time.monotonic() + _WATCH_EVERY
         while not self._stop.wait(_TICK):
-            pass
+            if time.monotonic() >= next_check:
+                self.check_live_views()
+                next_check = time.monotonic() + _WATCH_EVERY
         return self._stop_reason
+
+    def check_live_views(self) -> list[str]:
+        """Notice a live view unmounted behind our back; invalidate its snapshots.
+
+        Once the live view is gone, applications write straight to the
+        backing directory and nothing is preserved any more: a snapshot of
+        that volume can no longer be trusted, so it fails loudly (EIO, and
+        `status` says why) instead of silently showing changed data.
+        Returns the mount points found gone.
+        """
+        gone: list[str] = []
+        with self._lock:
+            if self._stopping:
+                return gone
+            for live in self._live:
+                if live.handle is None or getattr(live.handle, "mounted", True):
+                    continue
+                gone.append(live.mountpoint)
+                live.handle = None
+                log.error(
+                    "the live view at %s was unmounted outside vspfs: writes to %s no longer pass "
+                    "through vspfs; restart the daemon to serve it again",
+                    live.mountpoint,
+                    live.volume.backing,
+                )
+                for snap in self._snapshots_of(live.volume):
+                    invalidate = getattr(snap, "invalidate", None)
+                    if invalidate is not None:
+                        invalidate(f"the live view at {live.mountpoint} was unmounted while it was active")
+        return gone
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask :meth:`wait` to return; safe from signal handlers and other threads."""
