@@ -12,9 +12,11 @@ exit code (docs/cli.md); never a traceback unless asked for with ``-v`` or
 :func:`main` is the only place that maps exceptions to exit codes.
 
 Adding a command (``vspfs backup`` of issue 5 will): write it in its own
-module as a click command and register it with ``cli.add_command``; reuse
-:func:`_call`, :func:`_emit` and the exit codes below (10-19 are reserved for
-backup outcomes).
+module as a click command, add it here with ``cli.add_command``, and reuse
+:func:`call_daemon` (``timeout=None`` for a job that runs as long as its
+command), :func:`emit` and the exit codes below (10-19 are reserved for backup
+outcomes). On the daemon side, a new request is one more entry in
+``Daemon._ops``.
 """
 
 from __future__ import annotations
@@ -82,15 +84,26 @@ def _settings() -> Settings:
     return obj if obj is not None else Settings(None, None, DEFAULT_TIMEOUT)
 
 
-def _call(op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
-    """Send one request to the daemon; its errors propagate as VspError subclasses."""
+#: ``call_daemon(timeout=...)`` default: use the global --timeout
+USE_DEFAULT_TIMEOUT = -1.0
+
+
+def call_daemon(
+    op: str, args: dict[str, Any] | None = None, *, timeout: float | None = USE_DEFAULT_TIMEOUT
+) -> Any:
+    """Send one request to the daemon; its errors propagate as VspError subclasses.
+
+    ``timeout=None`` waits as long as the daemon works (a backup job); the
+    default is the global ``--timeout``.
+    """
     from vspfs.control import request
 
     s = _settings()
-    return request(op, args or {}, socket_path=s.socket, timeout=timeout or s.timeout)
+    wait = s.timeout if timeout == USE_DEFAULT_TIMEOUT else timeout
+    return request(op, args or {}, socket_path=s.socket, timeout=wait)
 
 
-def _emit(data: object, as_json: bool, human: Callable[[Any], None]) -> None:
+def emit(data: object, as_json: bool, human: Callable[[Any], None]) -> None:
     """Print a result: JSON for machines, or the command's human rendering."""
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -326,14 +339,14 @@ def snapshot_create(
     for key, value in (("cache_size", cache_size), ("max_cache_size", max_cache_size), ("policy", policy)):
         if value is not None:
             args[key] = value
-    result = _call("snapshot.create", args)
+    result = call_daemon("snapshot.create", args)
 
     def human(data: dict[str, Any]) -> None:
         for snap in data.get("snapshots", []):
             where = f", mounted at {snap['mount']}" if snap.get("mount") else ""
             click.echo(f"created snapshot {snap.get('id')} of {_volume_text(snap.get('volume'))}{where}")
 
-    _emit(result, as_json, human)
+    emit(result, as_json, human)
 
 
 # ------------------------------------------------------------- mount/unmount
@@ -345,8 +358,8 @@ def snapshot_create(
 @json_option
 def mount_cmd(snapshot_id: str, directory: str, as_json: bool) -> None:
     """Mount SNAPSHOT read-only at DIR (an empty directory; made if missing)."""
-    result = _call("mount", {"snapshot": snapshot_id, "dir": _abs(directory)})
-    _emit(result, as_json, lambda d: click.echo(f"mounted snapshot {d.get('snapshot')} at {d.get('mount')}"))
+    result = call_daemon("mount", {"snapshot": snapshot_id, "dir": _abs(directory)})
+    emit(result, as_json, lambda d: click.echo(f"mounted snapshot {d.get('snapshot')} at {d.get('mount')}"))
 
 
 @cli.command("unmount", context_settings=_CONTEXT)
@@ -354,8 +367,8 @@ def mount_cmd(snapshot_id: str, directory: str, as_json: bool) -> None:
 @json_option
 def unmount_cmd(directory: str, as_json: bool) -> None:
     """Unmount the virtual drive at DIR (the snapshot itself stays)."""
-    result = _call("unmount", {"dir": _abs(directory)})
-    _emit(
+    result = call_daemon("unmount", {"dir": _abs(directory)})
+    emit(
         result,
         as_json,
         lambda d: click.echo(f"unmounted {d.get('unmounted')} (snapshot {d.get('snapshot')})"),
@@ -376,7 +389,7 @@ def _print_volumes(volumes: list[dict[str, Any]]) -> None:
 @json_option
 def list_cmd(as_json: bool) -> None:
     """List the served volumes and their snapshots."""
-    result = _call("list")
+    result = call_daemon("list")
 
     def human(data: dict[str, Any]) -> None:
         _print_volumes(data.get("volumes", []))
@@ -399,7 +412,7 @@ def list_cmd(as_json: bool) -> None:
             ],
         )
 
-    _emit(result, as_json, human)
+    emit(result, as_json, human)
 
 
 def _print_snapshot(s: dict[str, Any]) -> None:
@@ -439,7 +452,7 @@ def _print_snapshot(s: dict[str, Any]) -> None:
 @json_option
 def status_cmd(snapshot_id: str | None, as_json: bool) -> None:
     """Show one snapshot in detail, or the daemon, its volumes and every snapshot."""
-    result = _call("status", {"snapshot": snapshot_id} if snapshot_id else {})
+    result = call_daemon("status", {"snapshot": snapshot_id} if snapshot_id else {})
 
     def human(data: dict[str, Any]) -> None:
         if snapshot_id:
@@ -455,7 +468,7 @@ def status_cmd(snapshot_id: str | None, as_json: bool) -> None:
             click.echo("")
             _print_snapshot(snap)
 
-    _emit(result, as_json, human)
+    emit(result, as_json, human)
 
 
 # ------------------------------------------------------------------- destroy
@@ -466,8 +479,8 @@ def status_cmd(snapshot_id: str | None, as_json: bool) -> None:
 @json_option
 def destroy_cmd(snapshot_ids: tuple[str, ...], as_json: bool) -> None:
     """Destroy snapshots: unmount their drives, remove their cache files."""
-    result = _call("destroy", {"snapshots": list(snapshot_ids)})
-    _emit(result, as_json, lambda d: [click.echo(f"destroyed snapshot {i}") for i in d.get("destroyed", [])])
+    result = call_daemon("destroy", {"snapshots": list(snapshot_ids)})
+    emit(result, as_json, lambda d: [click.echo(f"destroyed snapshot {i}") for i in d.get("destroyed", [])])
 
 
 # ------------------------------------------------------------------- cleanup
@@ -557,7 +570,7 @@ def cleanup_cmd(volumes: tuple[str, ...], as_json: bool) -> None:
     """
     names = [_volume_arg(v) for v in volumes]
     try:
-        result = _call("cleanup", {"volumes": names} if names else {})
+        result = call_daemon("cleanup", {"volumes": names} if names else {})
     except DaemonNotRunning:
         for name in names:
             if not os.path.isabs(name):
@@ -576,7 +589,7 @@ def cleanup_cmd(volumes: tuple[str, ...], as_json: bool) -> None:
         if not (data.get("removed") or data.get("kept") or data.get("unmounted")):
             click.echo("nothing to clean up")
 
-    _emit(result, as_json, human)
+    emit(result, as_json, human)
 
 
 # ---------------------------------------------------------------------- main
