@@ -44,6 +44,11 @@ def run(
     return proc
 
 
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
@@ -109,7 +114,7 @@ def main() -> int:
         deadline = time.monotonic() + 30
         while not is_mounted(live):
             if daemon.poll() is not None or time.monotonic() > deadline:
-                print(open(log.name).read(), file=sys.stderr)
+                print(read(log.name), file=sys.stderr)
                 raise SystemExit("demo: the daemon did not start")
             time.sleep(0.1)
         print(f"vspfs serve {backing}={live} --cache-volume {cache}   (daemon pid {daemon.pid})")
@@ -130,8 +135,8 @@ def main() -> int:
         os.rename(os.path.join(live, "reports"), os.path.join(live, "old-reports"))
         with open(os.path.join(live, "new-file.txt"), "w") as f:
             f.write("created after the snapshot\n")
-        print("live  reports/q3.txt  :", open(os.path.join(live, "old-reports", "q3.txt")).read().strip())
-        print("drive reports/q3.txt  :", open(os.path.join(drive, "reports", "q3.txt")).read().strip())
+        print("live  reports/q3.txt  :", read(os.path.join(live, "old-reports", "q3.txt")).strip())
+        print("drive reports/q3.txt  :", read(os.path.join(drive, "reports", "q3.txt")).strip())
         print("drive photo.bin exists:", os.path.exists(os.path.join(drive, "photo.bin")))
         print("drive new-file.txt    :", os.path.exists(os.path.join(drive, "new-file.txt")))
         after = tree(drive)
@@ -177,7 +182,7 @@ def main() -> int:
         leftovers += [n for n in os.listdir(backing) if n == ".vsp-retained"]
         if leftovers or is_mounted(live) or is_mounted(drive):
             raise SystemExit(f"demo: FAILED: left behind: {leftovers}")
-        print("daemon stopped (exit %d); no mount, no cache file, no retained file left" % daemon.returncode)
+        print(f"daemon stopped (exit {daemon.returncode}); no mount, no cache file, no retained file left")
         print("the backing directory now holds the live changes:", sorted(os.listdir(backing)))
         print("\ndemo: all checks passed")
         return 0
