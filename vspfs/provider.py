@@ -34,6 +34,7 @@ from vspfs.cachefile import (
     parse_size,
     remove_if_stale,
 )
+from vspfs.cacheformat import RETAINED_DIR_NAME
 from vspfs.errors import CacheFileError, RuleViolation, UsageError
 from vspfs.retained import remove_stale_area
 from vspfs.snapshot import POLICIES, POLICY_INVALIDATE, Snapshot
@@ -376,13 +377,15 @@ def cleanup_directory(display: str, where: str, report: CleanupReport) -> None:
                 report.kept.append({"path": shown, "reason": "in use by a running vspfs daemon"})
         except CacheFileError as exc:
             report.kept.append({"path": shown, "reason": f"not removed: {exc}"})
+        except OSError as exc:
+            report.kept.append({"path": shown, "reason": f"not removed: {exc.strerror or exc}"})
     try:
         fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return
     try:
         if remove_stale_area(fd, display):
-            report.removed.append(os.path.join(display, ".vsp-retained"))
+            report.removed.append(os.path.join(display, RETAINED_DIR_NAME))
     finally:
         os.close(fd)
 

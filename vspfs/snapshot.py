@@ -442,7 +442,7 @@ class Snapshot:
             "created": created.isoformat(timespec="seconds"),
             "created_ns": self.created_ns,
             "policy": self.policy,
-            "cache_file": self.cache.path,
+            "cache_file": self.cache.display_path,
             "cache_bytes": self.cache.used_bytes,
             "cache_allocated": self.cache.allocated_bytes,
             "cache_max": self.cache.max_bytes,
