@@ -55,6 +55,8 @@ from tests.model import (
 )
 
 CHUNK = 16
+#: what a failed operation must leave alone (atime excluded: the engine may read)
+LIVE_FIELDS = ("mode", "ino", "nlink", "uid", "gid", "size", "blocks", "mtime_ns", "ctime_ns")
 MAX_SNAPSHOTS = 3
 MAX_HANDLES = 3
 RETAINED = ".vsp-retained"
@@ -201,6 +203,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.steps += 1
         m_exc = t_exc = l_exc = None
         m_res = t_res = l_res = None
+        before = capture_attrs(self.live, self.model)
         try:
             m_res = model()
         except OSError as exc:
@@ -223,6 +226,20 @@ class EngineMachine(RuleBasedStateMachine):
                 f"MODEL BUG (not an engine bug): {what}: model expects {_name(_errno(m_exc))}, "
                 f"the real filesystem gives {_name(_errno(t_exc))} ({t_exc!r})"
             )
+        if t_exc is not None:
+            # a refused operation changes nothing, not even a ctime or a link count
+            after = capture_attrs(self.live, self.model)
+            changed = [
+                f"{p or '/'}: {f} {getattr(before[p], f)} -> {getattr(after[p], f)}"
+                for p in before
+                for f in LIVE_FIELDS
+                if getattr(before[p], f) != getattr(after[p], f)
+            ]
+            if changed:
+                raise AssertionError(
+                    f"{what} failed with {_name(t_exc.errno)} as it should, but the live view "
+                    "changed: " + "; ".join(changed)
+                )
         return (m_res, t_res, l_res) if t_exc is None else (None, None, None)
 
     # -- a starting tree --------------------------------------------------------------------
