@@ -164,11 +164,9 @@ def _rename_fails(
         return True  # EINVAL: a directory cannot move into itself
     if tst is None:
         return bool(flags & RENAME_EXCHANGE)  # ENOENT
-    if tst.st_ino == sst.st_ino:
-        return False  # same inode: a successful no-op
     if flags & RENAME_NOREPLACE:
-        return True  # EEXIST
-    if flags & RENAME_EXCHANGE:
+        return True  # EEXIST, even onto another name of the same inode
+    if flags & RENAME_EXCHANGE or tst.st_ino == sst.st_ino:
         return False
     dst_dir = statmod.S_ISDIR(tst.st_mode)
     if src_dir != dst_dir:
@@ -655,6 +653,10 @@ class Volume:
                     # rename leaves alone: let the filesystem refuse it.
                     renameat2(opfd, oname, npfd, nname, flags)
                     raise OSError(errno.EIO, "rename succeeded where it was expected to fail", old)
+                if tst is not None and tst.st_ino == sst.st_ino and not flags:
+                    # Two names of one inode: rename(2) does nothing at all.
+                    renameat2(opfd, oname, npfd, nname, flags)
+                    return
                 self._preserve_at(snaps, opfd, oname)
                 self._retain(snaps, opfd, oname, sst)
                 if tst is not None and tst.st_ino != sst.st_ino:
