@@ -412,23 +412,55 @@ def test_rename_over_existing_and_exchange(env: Env) -> None:
 
 
 def test_files_created_after_snapshot_are_invisible(env: Env) -> None:
+    """Each kind of creation is the first change of its own directory, so
+    each one alone must preserve that directory's listing."""
     v = env.vol
     put(v, "/old", b"o")
-    v.mkdir("/dir", 0o755)
+    kinds = ("create", "mkdir", "symlink", "link", "mknod", "rename_in")
+    for k in kinds:
+        v.mkdir(f"/{k}", 0o755)
+    v.mkdir("/src", 0o755)
+    put(v, "/src/moving", b"m")
     snap = env.snapshot()
-    put(v, "/new", b"n")
-    v.mkdir("/newdir", 0o755)
-    put(v, "/newdir/f", b"f")
-    put(v, "/dir/inner", b"i")
-    v.symlink("old", "/sym")
-    v.link("/old", "/dir/hard")
-    v.mknod("/fifo", statmod.S_IFIFO | 0o644, 0)
-    assert snap_names(snap) == ["dir", "old"]
-    assert snap_names(snap, "/dir") == []
-    for p in ("/new", "/newdir", "/newdir/f", "/dir/inner", "/sym", "/dir/hard", "/fifo"):
+    put(v, "/create/new", b"n")
+    v.mkdir("/mkdir/newdir", 0o755)
+    v.symlink("old", "/symlink/sym")
+    v.link("/old", "/link/hard")
+    v.mknod("/mknod/fifo", statmod.S_IFIFO | 0o644, 0)
+    v.rename("/src/moving", "/rename_in/moved")
+    for k in kinds:
+        assert snap_names(snap, "/" + k) == [], f"{k}: the new name shows in the snapshot"
+    assert snap_names(snap, "/src") == ["moving"]
+    for p in (
+        "/create/new",
+        "/mkdir/newdir",
+        "/symlink/sym",
+        "/link/hard",
+        "/mknod/fifo",
+        "/rename_in/moved",
+    ):
         with pytest.raises(FileNotFoundError):
             snap.getattr(p)
+    put(v, "/late", b"l")  # the root too
+    assert snap_names(snap) == sorted(["old", "src", *kinds])
     assert snap.getattr("/old").nlink == 1
+
+
+def test_writes_at_chunk_edges(env: Env) -> None:
+    """One-byte writes on the first and the last byte of chunks, and writes
+    ending exactly at a chunk boundary."""
+    original = pattern(6 * CHUNK + 3)
+    put(env.vol, "/f", original)
+    snap = env.snapshot()
+    pwrite(env.vol, "/f", b"A", 2 * CHUNK)  # first byte of chunk 2
+    pwrite(env.vol, "/f", b"B", 4 * CHUNK - 1)  # last byte of chunk 3
+    pwrite(env.vol, "/f", b"C" * CHUNK, 4 * CHUNK)  # exactly chunk 4
+    pwrite(env.vol, "/f", b"D", 6 * CHUNK)  # first byte of the short last chunk
+    assert preserved(snap) == (4, 3 * CHUNK + 3)
+    assert snap_bytes(snap, "/f") == original
+    env.vol.truncate("/f", 5 * CHUNK)  # cut exactly at a boundary: chunk 5 and the tail
+    assert preserved(snap) == (5, 4 * CHUNK + 3)
+    assert snap_bytes(snap, "/f") == original
 
 
 def test_hard_links_stay_hard_links(env: Env) -> None:
