@@ -130,21 +130,29 @@ def read_xattrs(target: int | str) -> list[tuple[bytes, bytes]]:
 
 
 def scan_dir(fd: int, at_root: bool) -> list[tuple[str, int, int]]:
-    """(name, ino, S_IFMT type) of every entry of an open directory."""
+    """(name, ino, S_IFMT type) of every entry of an open directory.
+
+    Reads through a fresh open of the directory: a shared fd (and its dups)
+    has one read position, so two threads listing through it would each see
+    part of the directory."""
     out = []
-    with os.scandir(fd) as it:
-        for entry in it:
-            if at_root and is_hidden_root_name(entry.name):
-                continue
-            if entry.is_symlink():
-                ftype = statmod.S_IFLNK
-            elif entry.is_dir(follow_symlinks=False):
-                ftype = statmod.S_IFDIR
-            elif entry.is_file(follow_symlinks=False):
-                ftype = statmod.S_IFREG
-            else:
-                ftype = statmod.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
-            out.append((entry.name, entry.inode(), ftype))
+    own = os.open(".", _DIR, dir_fd=fd)
+    try:
+        with os.scandir(own) as it:
+            for entry in it:
+                if at_root and is_hidden_root_name(entry.name):
+                    continue
+                if entry.is_symlink():
+                    ftype = statmod.S_IFLNK
+                elif entry.is_dir(follow_symlinks=False):
+                    ftype = statmod.S_IFDIR
+                elif entry.is_file(follow_symlinks=False):
+                    ftype = statmod.S_IFREG
+                else:
+                    ftype = statmod.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
+                out.append((entry.name, entry.inode(), ftype))
+    finally:
+        os.close(own)
     return out
 
 
