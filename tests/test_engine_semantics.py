@@ -681,7 +681,7 @@ def test_failed_rename_changes_nothing(env: Env) -> None:
     """A rename the filesystem refuses must leave the live tree as it was,
     ctime included, with or without a snapshot (the live view must behave
     exactly like the filesystem under it)."""
-    from vspfs.volume import RENAME_NOREPLACE
+    from vspfs.volume import RENAME_EXCHANGE, RENAME_NOREPLACE
 
     v = env.vol
     put(v, "/a", b"a")
@@ -689,7 +689,7 @@ def test_failed_rename_changes_nothing(env: Env) -> None:
     v.mkdir("/d", 0o755)
     put(v, "/d/x", b"x")
     snap = env.snapshot()
-    before = {p: v.getattr(p) for p in ("/a", "/b", "/d")}
+    before = {p: v.getattr(p) for p in ("/a", "/b", "/d", "/d/x")}
     time.sleep(0.03)  # timestamps are coarse: make any change visible
     with pytest.raises(OSError) as exc:
         v.rename("/a", "/b", RENAME_NOREPLACE)
@@ -697,7 +697,14 @@ def test_failed_rename_changes_nothing(env: Env) -> None:
     with pytest.raises(OSError) as exc:
         v.rename("/a", "/d")  # a file over a directory
     assert exc.value.errno == errno.EISDIR
-    after = {p: v.getattr(p) for p in ("/a", "/b", "/d")}
+    with pytest.raises(OSError) as exc:
+        v.rename("/a", "/a", RENAME_NOREPLACE)  # the same name
+    assert exc.value.errno == errno.EEXIST
+    for old, new in (("/d/x", "/d"), ("/d", "/d/x")):  # exchange with an ancestor
+        with pytest.raises(OSError) as exc:
+            v.rename(old, new, RENAME_EXCHANGE)
+        assert exc.value.errno == errno.EINVAL
+    after = {p: v.getattr(p) for p in before}
     changed = {p: (before[p].ctime_ns, after[p].ctime_ns) for p in before if before[p] != after[p]}
     assert not changed, f"failed renames changed ctime/attributes: {changed}"
     assert snap.status()["pinned_bytes"] == 0, "failed renames pinned files in the retained area"
