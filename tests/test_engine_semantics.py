@@ -804,3 +804,29 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_removing_many_directories_does_not_exhaust_descriptors(env: Env) -> None:
+    """`rm -r` of a big tree during a backup: every removed snapshot-time
+    directory must stay reachable for the snapshot without costing the
+    process one open descriptor each - live operations are never refused,
+    and a process has a bounded number of descriptors."""
+    import resource
+
+    v = env.vol
+    v.mkdir("/tree", 0o755)
+    count = 600
+    for i in range(count):
+        v.mkdir(f"/tree/d{i}", 0o755)
+    snap = env.snapshot()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 300, hard))
+    try:
+        for i in range(count):
+            v.rmdir(f"/tree/d{i}")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert v.readdir("/tree") == []
+    assert len(snap.readdir("/tree")) == count
+    assert statmod.S_ISDIR(snap.getattr(f"/tree/d{count - 1}").mode)
