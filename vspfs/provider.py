@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import secrets
 import threading
 import time
@@ -72,6 +73,7 @@ class Provider:
         cache_volumes: list[str] | tuple[str, ...] = (),
         exclude: list[str] | tuple[str, ...] = (),
     ) -> None:
+        _raise_fd_limit()
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.state_dir = _real(state_dir)
         for cv in cache_volumes:
@@ -400,3 +402,11 @@ def _size(value: int | str | None, volume_size: int, default: int | None) -> int
     if isinstance(value, int):
         return value
     return parse_size(value, volume_size)
+
+
+def _raise_fd_limit() -> None:
+    """Moved snapshot-time directories are followed by an open fd each, and
+    every mount and open file costs more: use the hard limit, not the soft one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

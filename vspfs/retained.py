@@ -90,8 +90,10 @@ class RetainedArea:
             entry = self._entries.get(ino)
             if entry is None:
                 return None
-            if entry.is_dir:
+            if entry.is_dir and entry.dir_fd >= 0:
                 return os.dup(entry.dir_fd), None
+            if entry.is_dir:
+                return os.open(str(ino), _DIR_FLAGS, dir_fd=self.fd), None
             return os.dup(self.fd), str(ino)
 
     def pinned_bytes(self, owner: str | None = None) -> int:
@@ -126,10 +128,17 @@ class RetainedArea:
         with self._lock:
             self._entries[ino] = _Entry(is_dir=True, owners=set(owners), dir_fd=fd)
 
-    def park_dir(self, ino: int) -> str:
-        """Name under which an (empty) removed directory is parked in the area."""
+    def park_dir(self, ino: int, owners: set[str]) -> str:
+        """Register an (empty) directory that is about to be parked in the
+        area instead of removed; returns its name there. A parked directory
+        is found by name, so it costs no open fd (a removal of a large tree
+        during a backup must not run the daemon out of descriptors)."""
         with self._lock:
-            self._entries[ino].in_area = True
+            entry = self._entries.get(ino)
+            if entry is None:
+                entry = self._entries[ino] = _Entry(is_dir=True)
+            entry.owners |= owners
+            entry.in_area = True
         return str(ino)
 
     def release_owner(self, owner: str, before_unlink: Callable[[int], None] | None = None) -> None:

@@ -413,7 +413,12 @@ class Snapshot:
             os.close(f.fd)
 
     def close(self) -> None:
-        """Release every fd this snapshot holds (the snapshot is being destroyed)."""
+        """Release every fd this snapshot holds (the snapshot is being destroyed).
+
+        A reader still holding a handle must not silently get present-day
+        data: reads of a destroyed snapshot fail like those of an invalid one."""
+        self.valid = False
+        self.invalid_reason = "the snapshot was destroyed"
         with self._lock:
             files, self._files = self._files, {}
         for f in files.values():

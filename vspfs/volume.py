@@ -170,6 +170,8 @@ def _rename_fails(
     src_dir = statmod.S_ISDIR(sst.st_mode)
     if src_dir and (_rel(new) + "/").startswith(_rel(old) + "/") and _rel(new) != _rel(old):
         return True  # EINVAL: a directory cannot move into itself
+    if flags & RENAME_EXCHANGE and (_rel(old) + "/").startswith(_rel(new) + "/") and _rel(new) != _rel(old):
+        return True  # EINVAL: nor be exchanged with its own descendant
     if tst is None:
         return bool(flags & RENAME_EXCHANGE)  # ENOENT
     if flags & RENAME_NOREPLACE:
@@ -636,8 +638,9 @@ class Volume:
                 os.close(fd)
             self._preserve_dir(snaps, pfd)
             self._preserve_at(snaps, pfd, name)
-            self._retain(snaps, pfd, name, st)
-            renameat2(pfd, name, self.retained.fd, self.retained.park_dir(st.st_ino), RENAME_NOREPLACE)
+            owners = {s.id for s in self._wanting(snaps, st.st_ino)}
+            parked = self.retained.park_dir(st.st_ino, owners)
+            renameat2(pfd, name, self.retained.fd, parked, RENAME_NOREPLACE)
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
