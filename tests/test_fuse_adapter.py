@@ -37,7 +37,14 @@ from vspfs.errors import (
     SnapshotInvalid,
     UsageError,
 )
-from vspfs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT
+from vspfs.syscalls import (
+    KERNEL_UTIME_NOW,
+    KERNEL_UTIME_OMIT,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    UTIME_NOW,
+    UTIME_OMIT,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,9 +183,11 @@ def test_translated_raises_fuse_os_error_when_mfusepy_is_loaded() -> None:
 
 
 def test_timespec_markers_pass_through() -> None:
-    assert fuse.timespec_ns(0, UTIME_NOW) == UTIME_NOW
-    assert fuse.timespec_ns(0, UTIME_OMIT) == UTIME_OMIT
-    assert fuse.timespec_ns(12345, UTIME_OMIT) == UTIME_OMIT  # tv_sec is meaningless then
+    assert fuse.timespec_ns(0, KERNEL_UTIME_NOW) == UTIME_NOW
+    assert fuse.timespec_ns(0, KERNEL_UTIME_OMIT) == UTIME_OMIT
+    assert fuse.timespec_ns(12345, KERNEL_UTIME_OMIT) == UTIME_OMIT  # tv_sec is meaningless then
+    # a real time that looks like a marker in integer nanoseconds stays a time
+    assert fuse.timespec_ns(1, 73_741_823) == 1_073_741_823 != UTIME_NOW
     assert fuse.timespec_ns(1_700_000_000, 5) == 1_700_000_000_000_000_005
     assert fuse.timespec_ns(-2, 500_000_000) == -1_500_000_000  # before 1970
 
@@ -221,8 +230,8 @@ def fixes(operations: Any) -> fuse._FuseFixes:
 def test_utimens_callback_keeps_omit_and_now() -> None:
     ops, vol = live()
     fx = fixes(ops)
-    fx.utimens_fuse_3(b"/f", Ptr(UtimBuf(TS(0, UTIME_OMIT), TS(99, 7))), None)
-    fx.utimens_fuse_3(b"/f", Ptr(UtimBuf(TS(0, UTIME_NOW), TS(0, UTIME_OMIT))), None)
+    fx.utimens_fuse_3(b"/f", Ptr(UtimBuf(TS(0, KERNEL_UTIME_OMIT), TS(99, 7))), None)
+    fx.utimens_fuse_3(b"/f", Ptr(UtimBuf(TS(0, KERNEL_UTIME_NOW), TS(0, KERNEL_UTIME_OMIT))), None)
     fx.utimens_fuse_3(b"/f", None, None)
     assert vol.calls == [
         ("utimens", ("/f", UTIME_OMIT, 99_000_000_007)),

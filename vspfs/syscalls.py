@@ -17,8 +17,15 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
+#: the kernel's markers, carried in tv_nsec of a struct timespec
+KERNEL_UTIME_NOW = (1 << 30) - 1
+KERNEL_UTIME_OMIT = (1 << 30) - 2
+
+#: the core's markers for a time given in integer nanoseconds: outside the
+#: int64 range, so no real time (not even 1.073741823 s after the epoch) can
+#: be mistaken for them
+UTIME_NOW = 1 << 63
+UTIME_OMIT = (1 << 63) + 1
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -52,8 +59,10 @@ def renameat2(olddirfd: int, old: str, newdirfd: int, new: str, flags: int = 0) 
 
 
 def _timespec(value_ns: int) -> _Timespec:
-    if value_ns in (UTIME_NOW, UTIME_OMIT):
-        return _Timespec(0, value_ns)
+    if value_ns == UTIME_NOW:
+        return _Timespec(0, KERNEL_UTIME_NOW)
+    if value_ns == UTIME_OMIT:
+        return _Timespec(0, KERNEL_UTIME_OMIT)
     sec, nsec = divmod(value_ns, 1_000_000_000)
     return _Timespec(sec, nsec)
 
