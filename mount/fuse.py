@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from vspfs.attrs import Attr
 from vspfs.errors import CacheFull, MountError, NotFound, ProtectedName, ReadOnly, SnapshotInvalid, VspError
-from vspfs.syscalls import UTIME_NOW, UTIME_OMIT
+from vspfs.syscalls import KERNEL_UTIME_NOW, KERNEL_UTIME_OMIT, UTIME_NOW, UTIME_OMIT
 
 if TYPE_CHECKING:
     from vspfs.snapshot import Snapshot
@@ -285,8 +285,10 @@ def timespec_ns(tv_sec: int, tv_nsec: int) -> int:
     libfuse sets 0); they are passed on as the markers themselves, anything
     else as nanoseconds since the epoch.
     """
-    if tv_nsec in (UTIME_NOW, UTIME_OMIT):
-        return tv_nsec
+    if tv_nsec == KERNEL_UTIME_NOW:
+        return UTIME_NOW
+    if tv_nsec == KERNEL_UTIME_OMIT:
+        return UTIME_OMIT
     return tv_sec * 1_000_000_000 + tv_nsec
 
 
