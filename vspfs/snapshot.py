@@ -38,7 +38,7 @@ from vspfs.cacheformat import decode_listing, encode_listing, encode_meta
 from vspfs.chunkindex import ChunkIndex
 from vspfs.errors import CacheFull, CacheOverflow, SnapshotInvalid
 from vspfs.fdcache import FdCache
-from vspfs.volume import is_hidden_root_name, read_xattrs, scan_dir
+from vspfs.volume import is_hidden_root_name, open_quietly, read_xattrs, scan_dir
 
 if TYPE_CHECKING:
     from vspfs.cachefile import CacheFile
@@ -121,6 +121,24 @@ class Snapshot:
     def has_chunk(self, ino: int, chunk: int) -> bool:
         return self.index.get(ino, chunk) != 0
 
+    def preserved(self, ino: int, start: int, end: int) -> bool:
+        """Whether a change to bytes [start, end) of ``ino`` needs nothing
+        preserved for this snapshot: its metadata and every chunk of the range
+        below the snapshot-time size are already in the store (or the snapshot
+        does not want the inode). Takes no lock: items are never removed from
+        the store, so a True answer cannot become false; the live view uses it
+        to skip the identity lock on writes to already-preserved chunks."""
+        if not self.valid or ino in self._new:
+            return True
+        meta = self._meta.get(ino)
+        if meta is None:
+            return False
+        last = min(end, meta[0].size)
+        if start >= last:
+            return True
+        cs = self.chunk_size
+        return self.index.covers(ino, start // cs, (last - 1) // cs + 1)
+
     def snapshot_size(self, ino: int) -> int:
         return self._meta[ino][0].size
 
@@ -202,7 +220,7 @@ class Snapshot:
         assert node.parent is not None
         with self._dir_fd(node.parent) as pfd:
             try:
-                fd = os.open(node.name, flags, dir_fd=pfd)
+                fd = open_quietly(node.name, flags, dir_fd=pfd)
             except OSError:
                 fd = -1
             if fd >= 0:
@@ -216,7 +234,7 @@ class Snapshot:
         if name is None:
             return dfd
         try:
-            return os.open(name, flags, dir_fd=dfd)
+            return open_quietly(name, flags, dir_fd=dfd)
         finally:
             os.close(dfd)
 
