@@ -139,6 +139,24 @@ class Snapshot:
         cs = self.chunk_size
         return self.index.covers(ino, start // cs, (last - 1) // cs + 1)
 
+    def preserved(self, ino: int, start: int, end: int) -> bool:
+        """Whether a change to bytes [start, end) of ``ino`` needs nothing
+        preserved for this snapshot: its metadata and every chunk of the range
+        below the snapshot-time size are already in the store (or the snapshot
+        does not want the inode). Takes no lock: items are never removed from
+        the store, so a True answer cannot become false; the live view uses it
+        to skip the identity lock on writes to already-preserved chunks."""
+        if not self.valid or ino in self._new:
+            return True
+        meta = self._meta.get(ino)
+        if meta is None:
+            return False
+        last = min(end, meta[0].size)
+        if start >= last:
+            return True
+        cs = self.chunk_size
+        return self.index.covers(ino, start // cs, (last - 1) // cs + 1)
+
     def snapshot_size(self, ino: int) -> int:
         return self._meta[ino][0].size
 
