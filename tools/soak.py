@@ -114,7 +114,9 @@ class Writer(threading.Thread):
     def step(self) -> None:
         rng = self.rng
         names = sorted(self.files)
-        op = rng.choice(("create", "create", "overwrite", "overwrite", "append", "truncate", "rename", "delete"))
+        op = rng.choice(
+            ("create", "create", "overwrite", "overwrite", "append", "truncate", "rename", "delete")
+        )
         if not names or (op == "delete" and len(names) < 3):
             op = "create"
         if len(names) > 40 and op == "create":
@@ -206,7 +208,9 @@ def diff(expected: dict[str, str], got: dict[str, str], limit: int = 10) -> list
     out = []
     for path in sorted(set(expected) | set(got)):
         if expected.get(path) != got.get(path):
-            out.append(f"{path}: expected {expected.get(path, 'absent')[:12]}, got {got.get(path, 'absent')[:12]}")
+            out.append(
+                f"{path}: expected {expected.get(path, 'absent')[:12]}, got {got.get(path, 'absent')[:12]}"
+            )
     return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
 
 
@@ -218,6 +222,19 @@ def proc_sample(pid: int) -> tuple[int, int]:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_kinds(pid: int) -> dict[str, int]:
+    """How many of ``pid``'s descriptors are sockets, pipes, files... (for the growth report)."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else "path"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def mounts_under(root: str) -> list[str]:
@@ -257,7 +274,11 @@ class Daemon:
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "vspfs.cli", *args],
-            capture_output=True, text=True, env=self.env, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
         )
 
     def start(self) -> None:
@@ -265,7 +286,9 @@ class Daemon:
         self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vspfs.cli", "serve", *specs, "--cache-volume", self.cache],
-            stdout=self._log_fh, stderr=subprocess.STDOUT, env=self.env,
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -310,6 +333,8 @@ def run(args: argparse.Namespace) -> int:
     samples: list[tuple[int, int]] = []
     cycles = mismatches = 0
     writers: list[Writer] = []
+    kinds_first: dict[str, int] = {}
+    kinds_last: dict[str, int] = {}
     stop = threading.Event()
     try:
         try:
@@ -340,7 +365,9 @@ def run(args: argparse.Namespace) -> int:
                 for v in VOLUMES:
                     lost = diff(model_manifest(by_volume[v]), expected[v])
                     if lost:
-                        problems.append(f"cycle {cycles}: backing of {v} differs from acknowledged writes: {lost}")
+                        problems.append(
+                            f"cycle {cycles}: backing of {v} differs from acknowledged writes: {lost}"
+                        )
                 target = os.path.join(d.snaps, f"c{cycles}")
                 os.mkdir(target)
                 done = d.cli("snapshot", "create", *VOLUMES, "--mount", target, "--json")
@@ -348,7 +375,9 @@ def run(args: argparse.Namespace) -> int:
                 for v in VOLUMES:
                     locks[v].release_exclusive()
             if done.returncode != 0:
-                problems.append(f"cycle {cycles}: snapshot create -> {done.returncode}: {done.stderr.strip()}")
+                problems.append(
+                    f"cycle {cycles}: snapshot create -> {done.returncode}: {done.stderr.strip()}"
+                )
                 mismatches += 1
                 break
             ids = [s["id"] for s in json.loads(done.stdout)["snapshots"]]
@@ -368,6 +397,9 @@ def run(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 os.rmdir(target)
             samples.append(proc_sample(d.proc.pid))
+            kinds_last = fd_kinds(d.proc.pid)
+            if cycles == 1:
+                kinds_first = kinds_last
             if args.verbose:
                 rss, fds = samples[-1]
                 ops = sum(w.ops for w in writers)
@@ -381,7 +413,9 @@ def run(args: argparse.Namespace) -> int:
                 problems.append(f"{w.name} did not stop within 60 s")
             problems += [f"write error {e}" for e in w.errors[:5]]
         for v in VOLUMES:
-            lost = diff(model_manifest(by_volume[v]), tree_manifest(d.backing[v], [w.dirname for w in by_volume[v]]))
+            lost = diff(
+                model_manifest(by_volume[v]), tree_manifest(d.backing[v], [w.dirname for w in by_volume[v]])
+            )
             if lost:
                 problems.append(f"end: acknowledged writes missing from the backing of {v}: {lost}")
         ops = sum(w.ops for w in writers)
@@ -406,7 +440,11 @@ def run(args: argparse.Namespace) -> int:
     if rss and rss[-1] - baseline[0] > args.rss_tolerance * 1024:
         problems.append(f"RSS grew from {baseline[0]} to {rss[-1]} KiB (tolerance {args.rss_tolerance} MiB)")
     if fds and fds[-1] - baseline[1] > args.fd_tolerance:
-        problems.append(f"open fds grew from {baseline[1]} to {fds[-1]} (tolerance {args.fd_tolerance})")
+        grown = {k: n - kinds_first.get(k, 0) for k, n in kinds_last.items() if n != kinds_first.get(k, 0)}
+        problems.append(
+            f"open fds grew from {baseline[1]} to {fds[-1]} (tolerance {args.fd_tolerance}); "
+            f"growth by kind after cycle 1: {grown}"
+        )
 
     print(f"{'duration (s)':<22}{args.duration:>12g}")
     print(f"{'writers':<22}{args.writers:>12}")
@@ -428,7 +466,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=60.0, help="seconds of snapshot cycles (default 60)")
-    p.add_argument("--writers", type=int, default=8, help="writer threads, spread over both volumes (default 8)")
+    p.add_argument(
+        "--writers", type=int, default=8, help="writer threads, spread over both volumes (default 8)"
+    )
     p.add_argument("--rss-tolerance", type=float, default=64.0, help="allowed RSS growth in MiB (default 64)")
     p.add_argument("--fd-tolerance", type=int, default=16, help="allowed growth of open fds (default 16)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per cycle")
