@@ -46,8 +46,10 @@ from vspfs.cacheformat import (
     MAGIC,
     REASON_MAX,
     RECORD_CHUNK,
+    RECORD_FLAG_NO_CRC,
     RECORD_HEADER_SIZE,
     RECORD_LISTING,
+    RECORD_MAGIC,
     RECORD_META,
     RETAINED_DIR_NAME,
     VOLUME_PATH_MAX,
@@ -56,9 +58,11 @@ from vspfs.cacheformat import (
     decode_header,
     decode_listing,
     decode_meta,
+    decode_record_header,
     encode_header,
     encode_listing,
     encode_meta,
+    encode_record_header,
     is_cache_file_name,
 )
 from vspfs.errors import CacheFileError, CacheOverflow, UsageError
@@ -629,17 +633,22 @@ def test_unsupported_version(tmp_path: Path) -> None:
 # -- torn tails and corruption -------------------------------------------------------
 
 
-def _three_records(tmp_path: Path, *, initial_size: int = 0) -> tuple[str, list[int]]:
-    """A closed cache file with three 1000-byte chunks; with no preallocation
-    (and growth by the byte) the file ends exactly after the last record."""
+def _three_records(tmp_path: Path, *, initial_size: int = 0, kind: str = "chunk") -> tuple[str, list[int]]:
+    """A closed cache file with three 1000-byte records of inodes 0, 1, 2:
+    chunks (no payload crc) or metadata-type records (with one); with no
+    preallocation (and growth by the byte) the file ends exactly after the
+    last record."""
     c = _make(tmp_path, chunk_size=1000, initial_size=initial_size, grow_step=1)
-    offs = [c.append_chunk(1, i, bytes([65 + i]) * 1000) - RECORD_HEADER_SIZE for i in range(3)]
+    if kind == "chunk":
+        offs = [c.append_chunk(i, i, bytes([65 + i]) * 1000) - RECORD_HEADER_SIZE for i in range(3)]
+    else:
+        offs = [c.append_meta(i, bytes([65 + i]) * 1000) for i in range(3)]
     c.close(delete=False)
     return c.path, offs
 
 
 def _kinds(path: str) -> list[int]:
-    return [r.arg for r in iter_records(path)]
+    return [r.ino for r in iter_records(path)]
 
 
 def test_iter_records_stops_at_preallocated_space(tmp_path: Path) -> None:
@@ -666,7 +675,7 @@ def test_torn_tail_unwritten_header(tmp_path: Path) -> None:
 
 
 def test_torn_tail_damaged_last_payload(tmp_path: Path) -> None:
-    path, offs = _three_records(tmp_path, initial_size=MiB)
+    path, offs = _three_records(tmp_path, initial_size=MiB, kind="meta")
     _corrupt(path, offs[2] + RECORD_HEADER_SIZE + 999)
     assert _kinds(path) == [0, 1]
     _corrupt(path, offs[2] + 2)  # and its header too
@@ -674,7 +683,7 @@ def test_torn_tail_damaged_last_payload(tmp_path: Path) -> None:
 
 
 def test_corruption_in_the_middle_is_an_error(tmp_path: Path) -> None:
-    path, offs = _three_records(tmp_path)
+    path, offs = _three_records(tmp_path, kind="meta")
     _corrupt(path, offs[1] + RECORD_HEADER_SIZE + 10)
     with pytest.raises(CacheFileError, match=rf"offset {offs[1]} .*intact record follows at {offs[2]}"):
         list(iter_records(path))
@@ -683,6 +692,112 @@ def test_corruption_in_the_middle_is_an_error(tmp_path: Path) -> None:
     _corrupt(path, offs[0] + 12)  # the ino of the first record header
     with pytest.raises(CacheFileError, match="corrupt"):
         list(iter_records(path))
+
+
+def test_chunk_payloads_carry_no_crc_but_their_headers_do(tmp_path: Path) -> None:
+    """A damaged chunk payload goes unnoticed (by design: see docs/cache-file.md,
+    "CHUNK"); a damaged chunk record header is still caught."""
+    path, offs = _three_records(tmp_path, initial_size=MiB)
+    for off in offs:
+        raw = Path(path).read_bytes()[off : off + RECORD_HEADER_SIZE]
+        rh = decode_record_header(raw, 1000)
+        assert rh.flags == RECORD_FLAG_NO_CRC and rh.crc == 0 and not rh.has_crc
+    _corrupt(path, offs[1] + RECORD_HEADER_SIZE + 10)
+    assert _kinds(path) == [0, 1, 2]
+    _corrupt(path, offs[1] + 12)  # the ino in the second record header
+    with pytest.raises(CacheFileError, match=rf"offset {offs[1]} .*intact record follows at {offs[2]}"):
+        list(iter_records(path))
+    _corrupt(path, offs[2] + 12)
+    assert _kinds(path) == [0], "nothing intact after the damage: a torn tail"
+
+
+def test_record_flags_are_checked() -> None:
+    body = struct.Struct("<4sBBHQQII")
+    meta = encode_record_header(RECORD_META, 1, 0, b"abc")
+    assert decode_record_header(meta, 16).has_crc
+    with pytest.raises(ValueError, match="flags"):
+        encode_record_header(RECORD_META, 1, 0, b"abc", RECORD_FLAG_NO_CRC)
+    with pytest.raises(ValueError, match="flags"):
+        encode_record_header(RECORD_CHUNK, 1, 0, b"abc", 0x02)
+
+    def raw(rtype: int, flags: int, crc: int) -> bytes:
+        b = body.pack(RECORD_MAGIC, rtype, flags, 0, 1, 0, 3, crc)
+        return b + struct.pack("<I", zlib.crc32(b))
+
+    assert decode_record_header(raw(RECORD_CHUNK, RECORD_FLAG_NO_CRC, 0), 16).flags == RECORD_FLAG_NO_CRC
+    for bad, why in [
+        (raw(RECORD_META, RECORD_FLAG_NO_CRC, 0), "reserved bits"),  # chunks only
+        (raw(RECORD_CHUNK, 0x02, 0), "reserved bits"),
+        (raw(RECORD_CHUNK, RECORD_FLAG_NO_CRC, 5), "non-zero crc"),
+    ]:
+        with pytest.raises(CacheFileError, match=why):
+            decode_record_header(bad, 16)
+    with pytest.raises(CacheFileError, match="reserved bits"):  # version 1 had no flags
+        decode_record_header(raw(RECORD_CHUNK, RECORD_FLAG_NO_CRC, 0), 16, version=1)
+
+
+def _rewrite_version(path: str, version: int) -> None:
+    with open(path, "r+b") as f:
+        block = bytearray(f.read(HEADER_SIZE))
+        struct.pack_into("<I", block, 8, version)
+        struct.pack_into("<I", block, HEADER_CRC_OFFSET, 0)
+        struct.pack_into("<I", block, HEADER_CRC_OFFSET, zlib.crc32(block))
+        f.seek(0)
+        f.write(block)
+
+
+def test_version_1_files_still_read(tmp_path: Path) -> None:
+    """A stale file of an older vspfs (version 1: no record flags) is still
+    judged and removed; a chunk record flag in it is damage, not a format."""
+    path, _ = _three_records(tmp_path, kind="meta")
+    _rewrite_version(path, 1)
+    assert read_header(path).version == 1
+    assert _kinds(path) == [0, 1, 2]
+    assert remove_if_stale(path)
+    (tmp_path / "chunks").mkdir()
+    path, _ = _three_records(tmp_path / "chunks")
+    _rewrite_version(path, 1)
+    assert _kinds(path) == [], "every record is damaged by version-1 rules: nothing intact, a torn tail"
+
+
+def test_chunk_batches(tmp_path: Path) -> None:
+    c = _make(tmp_path, chunk_size=100)
+    try:
+        first = c.append_meta(9, b"m")
+        data = b"".join(bytes([i]) * 100 for i in range(5))
+        view = memoryview(data)
+        offs = c.append_chunks(3, [(i, view[i * 100 : i * 100 + (100 if i < 4 else 7)]) for i in range(5)])
+        assert offs[0] == first + RECORD_HEADER_SIZE + 1 + RECORD_HEADER_SIZE
+        for i, off in enumerate(offs):
+            assert c.read_data(off, 7) == bytes([i]) * 7
+        assert c.used_bytes == offs[-1] + 7
+        got = [(r.type, r.ino, r.arg, r.payload_len) for r in iter_records(c.path)]
+        assert got == [(RECORD_META, 9, 0, 1)] + [(RECORD_CHUNK, 3, i, 100 if i < 4 else 7) for i in range(5)]
+        assert c.append_chunks(3, []) == []
+        with pytest.raises(ValueError, match="exceeds the chunk size"):
+            c.append_chunks(3, [(9, b"x"), (10, b"y" * 101)])
+        assert c.used_bytes == offs[-1] + 7, "a refused batch reserves nothing"
+    finally:
+        c.close(delete=True)
+
+
+def test_torn_batch_reads_as_unwritten(tmp_path: Path) -> None:
+    """What a crash during a batch leaves: the later records of the batch may
+    be complete (or cut anywhere), but the first header is written last, so
+    the whole batch reads as unwritten; so do records behind it."""
+    c = _make(tmp_path, chunk_size=100, initial_size=MiB)
+    c.append_meta(1, b"before")
+    offs = c.append_chunks(2, [(i, bytes([i]) * 100) for i in range(3)])
+    c.append_meta(3, b"after")
+    c.close(delete=False)
+    with open(c.path, "r+b") as f:
+        f.seek(offs[0] - RECORD_HEADER_SIZE)
+        f.write(bytes(RECORD_HEADER_SIZE))
+    assert _kinds(c.path) == [1]
+    with open(c.path, "r+b") as f:  # and the rest of the batch cut short too
+        f.seek(offs[2] + 50)
+        f.write(bytes(50))
+    assert _kinds(c.path) == [1]
 
 
 def test_bad_header_stops_iter_records(tmp_path: Path) -> None:

@@ -16,10 +16,12 @@ import tempfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vspfs import cachefile
 from vspfs.attrs import Attr
 from vspfs.cachefile import CacheFile, iter_records, read_header
 from vspfs.cacheformat import (
     HEADER_SIZE,
+    RECORD_CHUNK,
     RECORD_HEADER_SIZE,
     decode_header,
     decode_listing,
@@ -171,15 +173,92 @@ def test_mutated_files(data: bytes) -> None:
     junk=st.sampled_from([b"", bytes(RECORD_HEADER_SIZE), bytes(4096), b"VSPR" * 20]),
 )
 def test_cut_files_read_a_prefix(cut: int, junk: bytes) -> None:
-    """Cutting a file anywhere (a crash) never makes it an error, at most shorter."""
+    """Cutting a file anywhere never makes it an error, at most shorter.
+
+    This cuts in file order, which is not the order of the writes (a payload
+    is written before its header), so it is more than a crash can do: a
+    CHUNK record, whose payload has no crc, may then read as whole with junk
+    in its payload. What a crash can do is the next test."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "VSP_cut.vsp")
         with open(path, "wb") as f:
             f.write(VALID_FILE[:cut] + junk)
         recs = list(iter_records(path))
-        assert all(r.data_offset + r.payload_len <= cut for r in recs)
+        assert all(r.data_offset <= cut for r in recs)
+        assert all(r.data_offset + r.payload_len <= cut for r in recs if r.type != RECORD_CHUNK)
         full = list(iter_records_of(VALID_FILE))
         assert recs == full[: len(recs)]
+
+
+def _write_log() -> tuple[list[tuple[int, bytes]], int]:
+    """The writes (offset, bytes), in order, that make a small cache file with
+    single records and a batch of chunks, and the file's final size."""
+    log: list[tuple[int, bytes]] = []
+    real = cachefile.os
+
+    class Recording:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        @staticmethod
+        def pwrite(fd: int, data: bytes, offset: int) -> int:
+            log.append((offset, bytes(data)))
+            return real.pwrite(fd, data, offset)
+
+        @staticmethod
+        def pwritev(fd: int, buffers: list[bytes], offset: int) -> int:
+            log.append((offset, b"".join(bytes(b) for b in buffers)))
+            return real.pwritev(fd, buffers, offset)
+
+    cachefile.os = Recording()  # type: ignore[assignment]
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            # chunks of 5000 bytes: records straddle pages, where writes can be cut
+            c = CacheFile.create(d, "crash", "vol1", chunk_size=5000, initial_size=0, grow_step=1)
+            c.append_meta(77, META)
+            c.append_chunk(77, 0, b"0" * 5000)
+            c.append_chunks(78, [(5, b"a" * 5000), (6, b"b" * 5000), (7, b"c" * 10)])
+            c.append_listing(1, LISTING)
+            c.append_chunks(79, [(0, b"d" * 5000), (1, b"e" * 3000)])
+            c.append_chunks(80, [(n, bytes([n]) * 4000) for n in range(4)])
+            size = c.used_bytes
+            c.close(delete=True)
+    finally:
+        cachefile.os = real
+    return log, size
+
+
+CRASH_LOG, CRASH_SIZE = _write_log()
+#: every write cut into the pieces it may be cut into: the kernel copies a write
+#: into the page cache page by page and SIGKILL can stop it between two pages
+CRASH_PIECES = [
+    (at, data[at - offset : min(len(data), (at // 4096 + 1) * 4096 - offset)])
+    for offset, data in CRASH_LOG
+    for at in [offset, *range((offset // 4096 + 1) * 4096, offset + len(data), 4096)]
+]
+
+
+@settings(max_examples=300)
+@given(st.integers(0, len(CRASH_PIECES)))
+def test_a_crash_leaves_whole_records_or_nothing(done: int) -> None:
+    """A process that dies during any write leaves, after its last complete
+    record, nothing that reads as a record: the reader returns exactly the
+    records whose every byte was written, stopping at the first that was not."""
+    image = bytearray(CRASH_SIZE)
+    for at, piece in CRASH_PIECES[:done]:
+        image[at : at + len(piece)] = piece
+    final = bytearray(CRASH_SIZE)
+    for at, piece in CRASH_PIECES:
+        final[at : at + len(piece)] = piece
+    if done == 0 or image[:HEADER_SIZE] != final[:HEADER_SIZE]:
+        return  # the file header itself is not written yet
+    full = iter_records_of(bytes(final))
+    whole = 0
+    for r in full:
+        if image[r.offset : r.data_offset + r.payload_len] != final[r.offset : r.data_offset + r.payload_len]:
+            break
+        whole += 1
+    assert iter_records_of(bytes(image)) == full[:whole]
 
 
 def iter_records_of(data: bytes) -> list:  # type: ignore[type-arg]

@@ -13,7 +13,16 @@ Design points that are easy to get wrong:
   lock itself before unlinking so that it can never race a live owner.
 - A record's payload is written before its header. A reader that finds an
   all-zero record header has reached the end (never-written or preallocated
-  space), and a process crash can leave nothing worse than that behind.
+  space), and a process crash can leave nothing worse than that behind. This
+  is why a record is *not* written with one pwritev of header and payload: a
+  write cut short (SIGKILL stops a write between pages) would leave a header
+  promising a payload that is not there, and chunk payloads carry no crc to
+  tell. The chunks of one live write are appended as a batch: one pwritev of
+  everything after the first record header (payloads and the other headers,
+  in file order), then that first header. Until the last write, the batch
+  sits behind a zero header, so a crash at any point leaves "unwritten" (a
+  first header that would straddle a page, where a write can be cut, falls
+  back to record-by-record writes).
 - Appends reserve space under one short lock (the leaf of vspfs.gate's lock
   order) and write outside it, so preserving threads do not serialise on I/O.
 - Once the maximum is reached or the cache volume is full, the file refuses
@@ -44,10 +53,12 @@ from vspfs.cacheformat import (
     FORMAT_VERSION,
     HEADER_SIZE,
     RECORD_CHUNK,
+    RECORD_FLAG_NO_CRC,
     RECORD_HEADER_SIZE,
     RECORD_LISTING,
     RECORD_MAGIC,
     RECORD_META,
+    Buffer,
     Header,
     cache_file_name,
     decode_header,
@@ -82,6 +93,11 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 #: brand-new, still empty file for the moment it takes to find out it is not stale
 _LOCK_RETRY_S = 2.0
 _SCAN_BLOCK = MiB
+#: records per pwritev (each takes two iovecs; Linux allows 1024)
+_BATCH_MAX = 256
+#: the unit in which the kernel may cut a write short (it checks for SIGKILL
+#: between pages of the page cache)
+_PAGE = 4096
 
 WarningCallback = Callable[[int, int, int], None]
 
@@ -126,6 +142,16 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[n:]
         offset += n
+
+
+def _pwritev_all(fd: int, buffers: list[Buffer], offset: int) -> None:
+    """Write ``buffers`` (bytes-like, one byte per item) back to back at ``offset``."""
+    total = sum(len(b) for b in buffers)
+    done = os.pwritev(fd, buffers, offset)
+    if done < total:  # rare (a signal, a full disk): finish the rest piece by piece
+        if done <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        _pwrite_all(fd, b"".join(buffers)[done:], offset + done)
 
 
 def _pread_all(fd: int, length: int, offset: int) -> bytes:
@@ -219,7 +245,10 @@ class CacheFile:
         self._grow_step = grow_step
         self._on_warning = on_warning
         self._warned: set[int] = set()
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        #: close() waits on it for reads and appends in flight; they notify it
+        #: only once the file is closing
+        self._cond = threading.Condition(self._lock)
         self._inflight = 0
         self._closed = False
         self._overflow: str | None = None
@@ -380,12 +409,63 @@ class CacheFile:
 
     # -- appending ---------------------------------------------------------------
 
-    def append_chunk(self, ino: int, chunk_no: int, data: bytes) -> int:
+    def append_chunk(self, ino: int, chunk_no: int, data: Buffer) -> int:
         """Store a chunk's original bytes; returns the offset of the *data*, so
         readers pread it without parsing a record (never 0: that is the header)."""
-        if len(data) > self.chunk_size:
-            raise ValueError(f"chunk of {len(data)} bytes exceeds the chunk size {self.chunk_size}")
-        return self._append(RECORD_CHUNK, ino, chunk_no, data) + RECORD_HEADER_SIZE
+        return self.append_chunks(ino, [(chunk_no, data)])[0]
+
+    def append_chunks(self, ino: int, chunks: list[tuple[int, Buffer]]) -> list[int]:
+        """Store several chunks of one inode, each as its own CHUNK record
+        (without a payload crc), in few system calls; returns their data
+        offsets, in order. All or nothing: a batch that does not fit is refused
+        whole (the file then refuses everything anyway)."""
+        out: list[int] = []
+        for first in range(0, len(chunks), _BATCH_MAX):
+            out += self._append_batch(ino, chunks[first : first + _BATCH_MAX])
+        return out
+
+    def _append_batch(self, ino: int, chunks: list[tuple[int, Buffer]]) -> list[int]:
+        heads = []
+        for chunk_no, data in chunks:
+            if len(data) > self.chunk_size:
+                raise ValueError(f"chunk of {len(data)} bytes exceeds the chunk size {self.chunk_size}")
+            heads.append(encode_record_header(RECORD_CHUNK, ino, chunk_no, data, RECORD_FLAG_NO_CRC))
+        size = sum(len(data) for _, data in chunks) + RECORD_HEADER_SIZE * len(chunks)
+        offset, end, due = self._reserve(size)
+        buffers: list[Buffer] = []
+        offsets = []
+        pos = offset
+        for n, (_, data) in enumerate(chunks):
+            if n:
+                buffers.append(heads[n])
+            buffers.append(data)
+            offsets.append(pos + RECORD_HEADER_SIZE)
+            pos += RECORD_HEADER_SIZE + len(data)
+        try:
+            if len(chunks) > 1 and offset % _PAGE > _PAGE - RECORD_HEADER_SIZE:
+                # The first header would straddle a page: a write cut there
+                # (SIGKILL is honoured between pages) would leave a damaged
+                # header with intact records of this batch behind it, which
+                # reads as corruption, not as a torn tail. Rare (< 1 %): write
+                # record by record instead, each payload before its header.
+                for head, (_, data), data_offset in zip(heads, chunks, offsets, strict=True):
+                    _pwrite_all(self._fd, data, data_offset)
+                    _pwrite_all(self._fd, head, data_offset - RECORD_HEADER_SIZE)
+            else:
+                # everything but the first header, then the first header:
+                # until that last write the whole batch reads as unwritten
+                _pwritev_all(self._fd, buffers, offset + RECORD_HEADER_SIZE)
+                _pwrite_all(self._fd, heads[0], offset)
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                with self._lock:
+                    raise self._refuse(self._full_message()) from None
+            raise
+        finally:
+            self._leave()
+        for percent in due:
+            self._warn(percent, end)
+        return offsets
 
     def append_meta(self, ino: int, payload: bytes) -> int:
         """Store an encode_meta() payload; returns the record offset."""
@@ -425,29 +505,34 @@ class CacheFile:
             raise
         self._allocated = target
 
-    def _append(self, rtype: int, ino: int, arg: int, payload: bytes) -> int:
-        head = encode_record_header(rtype, ino, arg, payload)  # crc outside the lock
-        with self._cond:
+    def _reserve(self, size: int) -> tuple[int, int, list[int]]:
+        """Reserve ``size`` bytes at the end: (offset, new end, warnings due).
+        The caller writes there and must call :meth:`_leave` afterwards."""
+        with self._lock:
             if self._closed:
                 raise OSError(errno.EBADF, f"cache file {self.display_path} is closed")
             if self._overflow is not None:
                 raise CacheOverflow(self._overflow)
             offset = self._end
-            end = offset + len(head) + len(payload)
+            end = offset + size
             if self._max is not None and end > self._max:
                 raise self._refuse(f"cache file {self.display_path} reached its maximum of {self._max} bytes")
             if end > self._allocated:
                 self._grow(end)
             self._end = end
             self._inflight += 1
-            due = self._due_warnings(end)
+            return offset, end, self._due_warnings(end)
+
+    def _append(self, rtype: int, ino: int, arg: int, payload: bytes) -> int:
+        head = encode_record_header(rtype, ino, arg, payload)  # crc outside the lock
+        offset, end, due = self._reserve(len(head) + len(payload))
         try:
             # payload first: a header on disk promises a complete payload behind it
             _pwrite_all(self._fd, payload, offset + len(head))
             _pwrite_all(self._fd, head, offset)
         except OSError as exc:
             if exc.errno in _FULL_ERRNOS:
-                with self._cond:
+                with self._lock:
                     raise self._refuse(self._full_message()) from None
             raise
         finally:
@@ -474,34 +559,46 @@ class CacheFile:
     # -- reading -----------------------------------------------------------------
 
     def _enter(self) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise OSError(errno.EBADF, f"cache file {self.display_path} is closed")
             self._inflight += 1
 
     def _leave(self) -> None:
-        with self._cond:
+        with self._lock:
             self._inflight -= 1
-            if not self._inflight:
-                self._cond.notify_all()
+            if self._closed and not self._inflight:
+                self._cond.notify_all()  # close() is waiting for the last one
 
     def read_data(self, offset: int, length: int) -> bytes:
-        """Bytes at a data offset that an append returned (or inside that data)."""
+        """Bytes at a data offset that an append returned (or inside that data).
+
+        Counted in flight (two uncontended lock round trips, no Condition) so
+        that close() never closes the fd under a read: a recycled fd number
+        would hand this read someone else's data."""
         if offset < HEADER_SIZE or length < 0 or offset + length > self._end:
             raise CacheFileError(
                 f"cache file {self.display_path}: read of {length} bytes at {offset} is outside its records"
             )
-        self._enter()
+        lock = self._lock
+        with lock:
+            if self._closed:
+                raise OSError(errno.EBADF, f"cache file {self.display_path} is closed")
+            self._inflight += 1
         try:
             data = _pread_all(self._fd, length, offset)
         finally:
-            self._leave()
+            with lock:
+                self._inflight -= 1
+                if self._closed and not self._inflight:
+                    self._cond.notify_all()
         if len(data) != length:
             raise CacheFileError(f"cache file {self.display_path} is shorter than its records (at {offset})")
         return data
 
     def read_record(self, offset: int) -> tuple[int, int, int, bytes]:
-        """(type, ino, arg, payload) of the record at ``offset``, crc checked."""
+        """(type, ino, arg, payload) of the record at ``offset``, crcs checked
+        (the payload's only where it has one: not for CHUNK records)."""
         where = f"cache file {self.display_path}: record at offset {offset}"
         if offset < HEADER_SIZE or offset + RECORD_HEADER_SIZE > self._end:
             raise CacheFileError(f"{where} is outside its records")
@@ -515,7 +612,9 @@ class CacheFile:
             payload = _pread_all(self._fd, rh.length, offset + RECORD_HEADER_SIZE)
         finally:
             self._leave()
-        if len(payload) != rh.length or payload_crc(payload) != rh.crc:
+        if len(payload) != rh.length:
+            raise CacheFileError(f"{where}: payload is cut short")
+        if rh.has_crc and payload_crc(payload) != rh.crc:
             raise CacheFileError(f"{where}: payload is damaged (crc mismatch)")
         return rh.type, rh.ino, rh.arg, payload
 
@@ -529,7 +628,7 @@ class CacheFile:
 
     def mark_invalid(self, reason: str) -> None:
         """Record in the header that the snapshot is invalid, and why."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise OSError(errno.EBADF, f"cache file {self.display_path} is closed")
             self._write_header(
@@ -540,7 +639,7 @@ class CacheFile:
         """Stop owning the file; ``delete`` removes it (while still locked, so a
         cleaner never sees it half gone). Waits for reads and appends in flight;
         calling it again does nothing."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
@@ -584,7 +683,8 @@ def read_header(path: str) -> Header:
 
 
 def iter_records(path: str) -> Iterator[RecordInfo]:
-    """Every intact record in file order, each checked against its crcs.
+    """Every intact record in file order, each checked against its crcs (the
+    record header's; the payload's where it has one: not CHUNK records).
 
     Ends quietly at the end of the records: an all-zero record header (space
     preallocated or reserved but never written), a record that runs past the
@@ -603,16 +703,16 @@ def iter_records(path: str) -> Iterator[RecordInfo]:
             if raw == zero or len(raw) < RECORD_HEADER_SIZE:
                 return
             try:
-                rh = decode_record_header(raw, header.chunk_size)
+                rh = decode_record_header(raw, header.chunk_size, header.version)
             except CacheFileError as exc:
-                _damaged(fd, path, offset, str(exc), offset + 1, size, header.chunk_size)
+                _damaged(fd, path, offset, str(exc), offset + 1, size, header)
                 return
             data = offset + RECORD_HEADER_SIZE
             if data + rh.length > size:
                 return
-            if _crc_range(fd, data, rh.length) != rh.crc:
+            if rh.has_crc and _crc_range(fd, data, rh.length) != rh.crc:
                 why = "payload crc mismatch"
-                _damaged(fd, path, offset, why, data + rh.length, size, header.chunk_size)
+                _damaged(fd, path, offset, why, data + rh.length, size, header)
                 return
             yield RecordInfo(offset, rh.type, rh.ino, rh.arg, rh.length)
             offset = data + rh.length
@@ -633,17 +733,19 @@ def _crc_range(fd: int, offset: int, length: int) -> int | None:
     return crc
 
 
-def _intact_at(fd: int, offset: int, size: int, chunk_size: int) -> bool:
+def _intact_at(fd: int, offset: int, size: int, header: Header) -> bool:
     raw = _pread_all(fd, RECORD_HEADER_SIZE, offset)
     try:
-        rh = decode_record_header(raw, chunk_size)
+        rh = decode_record_header(raw, header.chunk_size, header.version)
     except CacheFileError:
         return False
     end = offset + RECORD_HEADER_SIZE + rh.length
-    return end <= size and _crc_range(fd, offset + RECORD_HEADER_SIZE, rh.length) == rh.crc
+    if end > size:
+        return False
+    return not rh.has_crc or _crc_range(fd, offset + RECORD_HEADER_SIZE, rh.length) == rh.crc
 
 
-def _damaged(fd: int, path: str, offset: int, why: str, scan_from: int, size: int, chunk_size: int) -> None:
+def _damaged(fd: int, path: str, offset: int, why: str, scan_from: int, size: int, header: Header) -> None:
     """Decide whether a damaged record is a torn tail (return) or corruption
     (raise): only corruption leaves intact records behind it."""
     pos = scan_from
@@ -654,7 +756,7 @@ def _damaged(fd: int, path: str, offset: int, why: str, scan_from: int, size: in
             break
         hit = block.find(RECORD_MAGIC)
         while hit != -1:
-            if _intact_at(fd, pos + hit, size, chunk_size):
+            if _intact_at(fd, pos + hit, size, header):
                 raise CacheFileError(
                     f"cache file {path}: record at offset {offset} is damaged ({why}) but an intact "
                     f"record follows at {pos + hit}: the file is corrupt, not just cut short"

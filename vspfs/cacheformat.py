@@ -51,7 +51,12 @@ _CASE_INSENSITIVE_NAMES = sys.platform in ("win32", "darwin")
 # -- file header -----------------------------------------------------------------
 
 MAGIC = b"VSPCACHE"
-FORMAT_VERSION = 1
+#: version 2 added the record flag RECORD_FLAG_NO_CRC (a version-1 reader refuses
+#: any record flag, so it could not read what this version writes)
+FORMAT_VERSION = 2
+#: versions this code reads: a version-1 file is a version-2 file whose records
+#: carry no flags, so stale files left by an older daemon can still be judged
+READABLE_VERSIONS = (1, 2)
 HEADER_SIZE = 4096
 DEFAULT_CHUNK_SIZE = 65536
 #: a chunk is one record's payload, whose length is a u32; 1 GiB keeps a wide margin
@@ -87,6 +92,13 @@ RECORD_CHUNK = 1  # arg: chunk number; payload: the chunk's original bytes
 RECORD_META = 2  # arg: 0; payload: encode_meta()
 RECORD_LISTING = 3  # arg: 0; payload: encode_listing()
 RECORD_TYPES = (RECORD_CHUNK, RECORD_META, RECORD_LISTING)
+
+#: record flag (format version 2): the payload crc field is zero and means
+#: nothing. Only CHUNK records use it: a chunk's payload crc cost as much as
+#: the copy itself on the first write and was never checked where chunks are
+#: read (a snapshot read is a plain pread of the data); the record header
+#: keeps its own crc, and META and LISTING payloads keep theirs.
+RECORD_FLAG_NO_CRC = 0x01
 
 # magic, type, flags, reserved, ino, arg, payload length, payload crc32
 _RECORD_BODY = struct.Struct("<4sBBHQQII")
@@ -309,9 +321,10 @@ def decode_header(data: Buffer, source: str = "cache file") -> Header:
     (_magic, version, header_size, chunk_size, flags, created_ns, n_snap, n_vol, n_path, n_reason) = (
         _HEADER_FIXED.unpack(fixed)
     )
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise CacheFileError(
-            f"{source} has format version {version}; this vspfs reads version {FORMAT_VERSION} "
+            f"{source} has format version {version}; this vspfs reads versions {readable} "
             "(use the vspfs that wrote it)"
         )
     (stored_crc,) = _U32.unpack_from(data, HEADER_CRC_OFFSET)
@@ -354,21 +367,33 @@ class RecordHeader:
     arg: int
     length: int
     crc: int
+    flags: int = 0
+
+    @property
+    def has_crc(self) -> bool:
+        """Whether ``crc`` is the payload's crc (False for RECORD_FLAG_NO_CRC)."""
+        return not self.flags & RECORD_FLAG_NO_CRC
 
 
-def encode_record_header(rtype: int, ino: int, arg: int, payload: Buffer) -> bytes:
-    """The RECORD_HEADER_SIZE bytes that describe (and checksum) ``payload``."""
+def encode_record_header(rtype: int, ino: int, arg: int, payload: Buffer, flags: int = 0) -> bytes:
+    """The RECORD_HEADER_SIZE bytes that describe (and checksum) ``payload``;
+    with RECORD_FLAG_NO_CRC (CHUNK records only) the payload is not read, only
+    its length is used."""
     if rtype not in RECORD_TYPES:
         raise ValueError(f"unknown record type {rtype!r}")
+    if flags & ~RECORD_FLAG_NO_CRC or (flags and rtype != RECORD_CHUNK):
+        raise ValueError(f"record flags {flags:#x} are not allowed on a record of type {rtype}")
     _check_uint(ino, 64, "inode number")
     _check_uint(arg, 64, "record argument")
     _check_uint(len(payload), 32, "payload length")
-    body = _RECORD_BODY.pack(RECORD_MAGIC, rtype, 0, 0, ino, arg, len(payload), zlib.crc32(payload))
+    crc = 0 if flags else zlib.crc32(payload)
+    body = _RECORD_BODY.pack(RECORD_MAGIC, rtype, flags, 0, ino, arg, len(payload), crc)
     return body + _U32.pack(zlib.crc32(body))
 
 
-def decode_record_header(data: Buffer, chunk_size: int) -> RecordHeader:
-    """Decode and validate a record header (the payload crc is the caller's to check)."""
+def decode_record_header(data: Buffer, chunk_size: int, version: int = FORMAT_VERSION) -> RecordHeader:
+    """Decode and validate a record header of a file of format ``version``
+    (the payload crc is the caller's to check, when ``has_crc``)."""
     if len(data) < RECORD_HEADER_SIZE:
         raise CacheFileError(f"record header is truncated ({len(data)} of {RECORD_HEADER_SIZE} bytes)")
     magic, rtype, flags, reserved, ino, arg, length, crc = _RECORD_BODY.unpack_from(data)
@@ -379,14 +404,17 @@ def decode_record_header(data: Buffer, chunk_size: int) -> RecordHeader:
         raise CacheFileError("record header is damaged (crc mismatch)")
     if rtype not in RECORD_TYPES:
         raise CacheFileError(f"unknown record type {rtype}")
-    if flags or reserved:
+    allowed = RECORD_FLAG_NO_CRC if version >= 2 and rtype == RECORD_CHUNK else 0
+    if flags & ~allowed or reserved:
         raise CacheFileError(f"record has reserved bits set ({flags:#x}, {reserved:#x})")
+    if flags & RECORD_FLAG_NO_CRC and crc:
+        raise CacheFileError(f"record without a payload crc has a non-zero crc field {crc:#x}")
     if rtype == RECORD_CHUNK:
         if length > chunk_size:
             raise CacheFileError(f"chunk record of {length} bytes exceeds the chunk size {chunk_size}")
     elif arg:
         raise CacheFileError(f"record of type {rtype} has a non-zero argument {arg}")
-    return RecordHeader(rtype, ino, arg, length, crc)
+    return RecordHeader(rtype, ino, arg, length, crc, flags)
 
 
 def payload_crc(payload: Buffer, start: int = 0) -> int:

@@ -15,12 +15,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vspfs.attrs import Attr
+from vspfs.cacheformat import Buffer
 
 if TYPE_CHECKING:
     from vspfs.snapshot import Snapshot
 
 #: an end offset meaning "to the snapshot-time end of the file"
 TO_END = 1 << 62
+#: consecutive chunks read with one pread and stored with one pwritev: bounds
+#: the memory a truncation of a large file takes (1 MiB at 64 KiB chunks)
+RUN_CHUNKS = 16
 
 MetaReader = Callable[[], tuple[Attr, list[tuple[bytes, bytes]]]]
 
@@ -48,8 +52,14 @@ def preserve_listing(
 def preserve_chunks(snaps: list[Snapshot], ino: int, fd: int, start: int, end: int, chunk_size: int) -> None:
     """Preserve the chunks overlapping [start, end) that lie within each
     snapshot's view of the file (its snapshot-time size, from preserved
-    metadata, which the caller preserved first)."""
-    need: dict[int, list[Snapshot]] = {}
+    metadata, which the caller preserved first).
+
+    Consecutive chunks are read with one pread (up to RUN_CHUNKS at a time)
+    and handed to each snapshot as one batch, which its cache file writes with
+    one pwritev: a 128 KiB write to fresh chunks costs one pread and two
+    writes to the cache file instead of two preads and four writes."""
+    need: list[tuple[Snapshot, int, set[int]]] = []
+    wanted: set[int] = set()
     for s in snaps:
         if not s.wants(ino):
             continue
@@ -57,17 +67,40 @@ def preserve_chunks(snaps: list[Snapshot], ino: int, fd: int, start: int, end: i
         last = min(end, size)
         if start >= last:
             continue
-        for chunk in range(start // chunk_size, (last - 1) // chunk_size + 1):
-            if not s.has_chunk(ino, chunk):
-                need.setdefault(chunk, []).append(s)
-    for chunk in sorted(need):
-        base = chunk * chunk_size
-        data = os.pread(fd, chunk_size, base)
-        for s in need[chunk]:
+        missing = {
+            c for c in range(start // chunk_size, (last - 1) // chunk_size + 1) if not s.has_chunk(ino, c)
+        }
+        if missing:
+            need.append((s, size, missing))
+            wanted |= missing
+    if not need:
+        return
+    for run in _runs(sorted(wanted), RUN_CHUNKS):
+        base = run[0] * chunk_size
+        data = memoryview(os.pread(fd, len(run) * chunk_size, base))
+        for s, size, missing in need:
             if not s.wants(ino):  # became invalid meanwhile
                 continue
-            length = min(chunk_size, s.snapshot_size(ino) - base)
-            piece = data[:length]
-            if len(piece) < length:
-                piece += bytes(length - len(piece))
-            s.add_chunk(ino, chunk, piece)
+            batch: list[tuple[int, Buffer]] = []
+            for chunk in run:
+                if chunk not in missing:
+                    continue
+                at = (chunk - run[0]) * chunk_size
+                length = min(chunk_size, size - chunk * chunk_size)
+                piece: Buffer = data[at : at + length]
+                if len(piece) < length:  # the live file is shorter than the snapshot's
+                    piece = bytes(piece) + bytes(length - len(piece))
+                batch.append((chunk, piece))
+            if batch:
+                s.add_chunks(ino, batch)
+
+
+def _runs(chunks: list[int], limit: int) -> list[list[int]]:
+    """Sorted chunk numbers cut into runs of consecutive numbers, each at most ``limit`` long."""
+    runs: list[list[int]] = []
+    for chunk in chunks:
+        if runs and chunk == runs[-1][-1] + 1 and len(runs[-1]) < limit:
+            runs[-1].append(chunk)
+        else:
+            runs.append([chunk])
+    return runs

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 from cachetools import LRUCache
 
 from vspfs.attrs import Attr
-from vspfs.cacheformat import decode_listing, encode_listing, encode_meta
+from vspfs.cacheformat import Buffer, decode_listing, encode_listing, encode_meta
 from vspfs.chunkindex import ChunkIndex
 from vspfs.errors import CacheFull, CacheOverflow, SnapshotInvalid
 from vspfs.fdcache import FdCache
@@ -139,24 +139,6 @@ class Snapshot:
         cs = self.chunk_size
         return self.index.covers(ino, start // cs, (last - 1) // cs + 1)
 
-    def preserved(self, ino: int, start: int, end: int) -> bool:
-        """Whether a change to bytes [start, end) of ``ino`` needs nothing
-        preserved for this snapshot: its metadata and every chunk of the range
-        below the snapshot-time size are already in the store (or the snapshot
-        does not want the inode). Takes no lock: items are never removed from
-        the store, so a True answer cannot become false; the live view uses it
-        to skip the identity lock on writes to already-preserved chunks."""
-        if not self.valid or ino in self._new:
-            return True
-        meta = self._meta.get(ino)
-        if meta is None:
-            return False
-        last = min(end, meta[0].size)
-        if start >= last:
-            return True
-        cs = self.chunk_size
-        return self.index.covers(ino, start // cs, (last - 1) // cs + 1)
-
     def snapshot_size(self, ino: int) -> int:
         return self._meta[ino][0].size
 
@@ -170,13 +152,19 @@ class Snapshot:
         if offset is not None:
             self._listings.setdefault(ino, offset)
 
-    def add_chunk(self, ino: int, chunk: int, data: bytes) -> None:
-        offset = self._store(self.cache.append_chunk, ino, chunk, data)
-        if offset is not None:
-            self.index.put(ino, chunk, offset)
-            self.bytes_preserved += len(data)
+    def add_chunk(self, ino: int, chunk: int, data: Buffer) -> None:
+        self.add_chunks(ino, [(chunk, data)])
 
-    def _store(self, append: Callable[..., int], *args: object) -> int | None:
+    def add_chunks(self, ino: int, chunks: list[tuple[int, Buffer]]) -> None:
+        """Store chunks of one inode in the cache file, then publish them (in
+        that order: an index entry promises data that is already there)."""
+        offsets = self._store(self.cache.append_chunks, ino, chunks)
+        if offsets is not None:
+            for (chunk, data), offset in zip(chunks, offsets, strict=True):
+                self.index.put(ino, chunk, offset)
+                self.bytes_preserved += len(data)
+
+    def _store(self, append: Callable[..., T], *args: object) -> T | None:
         try:
             return append(*args)
         except CacheOverflow as exc:
