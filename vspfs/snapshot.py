@@ -407,7 +407,16 @@ class Snapshot:
         return fh
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        self._check()
+        """Bytes of the file as it was at snapshot time.
+
+        An unchanged file (no preserved chunk) is one pread, returned as it
+        came. A changed file reads each preserved chunk from the cache file
+        only, and the live file only for the chunks that are not preserved;
+        those are looked up again *after* the live read: a chunk published
+        meanwhile was preserved before its live bytes changed, so the cache
+        holds its past (DESIGN.md, "Ordering")."""
+        if not self.valid:
+            raise SnapshotInvalid(self.id, self.invalid_reason or "unknown reason")
         try:
             f = self._files[fh]
         except KeyError:
@@ -415,20 +424,62 @@ class Snapshot:
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
-        buf = bytearray(os.pread(f.fd, end - offset, offset))
-        if len(buf) < end - offset:
-            buf.extend(bytes(end - offset - len(buf)))
         ino = f.node.ino
         if self.index.has_file(ino):
-            cs = self.chunk_size
-            for chunk in range(offset // cs, (end - 1) // cs + 1):
-                where = self.index.get(ino, chunk)
-                if where:
-                    lo = max(offset, chunk * cs)
-                    hi = min(end, (chunk + 1) * cs)
-                    buf[lo - offset : hi - offset] = self.cache.read_data(where + lo - chunk * cs, hi - lo)
+            data = self._read_changed(f.fd, ino, offset, end)
+        else:
+            data = os.pread(f.fd, end - offset, offset)
+            if len(data) < end - offset:
+                data += bytes(end - offset - len(data))
+            if self.index.has_file(ino):  # the file changed during the read
+                data = self._patch(ino, data, offset, end)
         self._check()
+        return data
+
+    def _from_cache(self, where: int, chunk: int, lo: int, hi: int) -> bytes:
+        """Bytes [lo, hi) of the file, all inside ``chunk``, preserved at ``where``."""
+        return self.cache.read_data(where + lo - chunk * self.chunk_size, hi - lo)
+
+    def _patch(self, ino: int, live: bytes, offset: int, end: int) -> bytes:
+        """``live`` (read from the live file before this call) with every
+        chunk that is preserved by now replaced by its preserved bytes."""
+        cs = self.chunk_size
+        buf = bytearray(live)
+        for chunk in range(offset // cs, (end - 1) // cs + 1):
+            where = self.index.get(ino, chunk)
+            if where:
+                lo, hi = max(offset, chunk * cs), min(end, (chunk + 1) * cs)
+                buf[lo - offset : hi - offset] = self._from_cache(where, chunk, lo, hi)
         return bytes(buf)
+
+    def _read_changed(self, fd: int, ino: int, offset: int, end: int) -> bytes:
+        cs = self.chunk_size
+        index = self.index
+        first = offset // cs
+        chunks = range(first, (end - 1) // cs + 1)
+        wheres = [index.get(ino, c) for c in chunks]
+        parts: list[bytes] = []
+        i = 0
+        while i < len(wheres):
+            chunk = first + i
+            lo = max(offset, chunk * cs)
+            if wheres[i]:
+                hi = min(end, (chunk + 1) * cs)
+                parts.append(self._from_cache(wheres[i], chunk, lo, hi))
+                i += 1
+                continue
+            j = i + 1  # a run of chunks that are not preserved: one live read
+            while j < len(wheres) and not wheres[j]:
+                j += 1
+            hi = min(end, (first + j) * cs)
+            live = os.pread(fd, hi - lo, lo)
+            if len(live) < hi - lo:
+                live += bytes(hi - lo - len(live))
+            if any(index.get(ino, c) for c in range(chunk, first + j)):
+                live = self._patch(ino, live, lo, hi)  # preserved since the lookup
+            parts.append(live)
+            i = j
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self, fh: int) -> None:
         with self._lock:
