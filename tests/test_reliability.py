@@ -1,0 +1,330 @@
+"""Reliability and security gaps of issue 7 not covered by the other test files.
+
+A real ``vspfs serve`` subprocess (``served`` from daemon_helpers) and the CLI:
+
+* the cache maximum (``--max-cache-size``) reached, and the cache volume
+  (a small tmpfs) filling up, while live writes go on: every live write
+  succeeds and lands, the snapshot turns invalid, its drive reads give EIO;
+* a busy or non-empty mount directory and a directory already holding a
+  drive: one-line error, exit code 8 (docs/cli.md);
+* names with a newline, invalid UTF-8 and 255 bytes, through the live view
+  and in a snapshot drive;
+* symlink loops and symlinks pointing outside the volume stay symlinks;
+* permissions on a drive equal the live volume's (a 0600 root file is
+  unreadable for uid 65534 on both); a drive mounted without --allow-other
+  cannot be entered by another user;
+* cleanup never deletes a foreign ``VSP_*.vsp`` file.
+
+Every wait has a timeout; teardown kills the daemon and lazily unmounts
+everything under the temporary directory (and the tmpfs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from daemon_helpers import Env, mounts_under, served
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+
+
+def err_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vspfs: error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+def read_errno(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            f.read()
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def snapshot(env: Env, *args: str) -> dict:
+    return env.json("snapshot", "create", env.backing, *args)["snapshots"][0]
+
+
+def status(env: Env, sid: str) -> dict:
+    return env.json("status", sid)
+
+
+def write_all(path: str, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------ cache limits
+
+
+def test_cache_maximum_reached_invalidates_but_live_writes_land() -> None:
+    with served("vspr") as env:
+        old = os.urandom(4 * MiB)
+        with open(os.path.join(env.live, "big"), "wb") as f:
+            f.write(old)
+        drive = os.path.join(env.base, "drive")
+        snap = snapshot(env, "--max-cache-size", "1M", "--mount", drive)
+        assert snap["state"] == "valid"
+        new = os.urandom(4 * MiB)
+        write_all(os.path.join(env.live, "big"), new)  # must not fail: policy invalidate
+        with open(os.path.join(env.backing, "big"), "rb") as f:
+            assert f.read() == new
+        st = status(env, snap["id"])
+        assert st["state"] == "invalid", st
+        assert read_errno(os.path.join(drive, "big")) == errno.EIO
+        # mounting it again is allowed (status tells why it is invalid), but shows nothing stale
+        again = os.path.join(env.base, "again")
+        env.ok("mount", snap["id"], again)
+        assert read_errno(os.path.join(again, "big")) == errno.EIO
+        env.ok("destroy", snap["id"])
+        assert env.stop() == 0
+        assert not env.cache_files()
+
+
+@contextlib.contextmanager
+def tmpfs(path: str, size: str) -> Iterator[str]:
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], capture_output=True, timeout=30, check=False)
+
+
+def test_cache_volume_fills_up_mid_backup() -> None:
+    base = tempfile.mkdtemp(prefix="vspr")
+    env = Env(base)
+    try:
+        with tmpfs(env.cache, "2m"):
+            env.start()
+            files = {f"f{i}": os.urandom(MiB) for i in range(6)}
+            for name, data in files.items():
+                with open(os.path.join(env.live, name), "wb") as f:
+                    f.write(data)
+            drive = os.path.join(env.base, "drive")
+            snap = snapshot(env, "--cache-size", "256K", "--mount", drive)
+            assert snap["cache_file"].startswith(env.cache)
+            # a backup reads the first file, then the live side rewrites everything
+            with open(os.path.join(drive, "f0"), "rb") as f:
+                assert f.read() == files["f0"]
+            new = {name: os.urandom(MiB) for name in files}
+            for name, data in new.items():
+                write_all(os.path.join(env.live, name), data)  # every live write succeeds
+            for name, data in new.items():
+                with open(os.path.join(env.backing, name), "rb") as f:
+                    assert f.read() == data, name
+            assert status(env, snap["id"])["state"] == "invalid"
+            assert read_errno(os.path.join(drive, "f5")) == errno.EIO
+            env.ok("destroy", snap["id"])
+            assert env.stop() == 0
+            assert os.listdir(env.cache) == []
+    finally:
+        env.teardown()
+        if not mounts_under(base):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+# ------------------------------------------------------------ mount dirs
+
+
+def test_busy_nonempty_and_in_use_mount_directories() -> None:
+    with served("vspr") as env:
+        with open(os.path.join(env.live, "a"), "w") as f:
+            f.write("a")
+        nonempty = env.mkdir("nonempty")
+        with open(os.path.join(nonempty, "x"), "w") as f:
+            f.write("x")
+        done = env.run("snapshot", "create", env.backing, "--mount", nonempty)
+        assert done.returncode == 2, done.stderr  # a bad argument (docs/cli.md: DIR must be empty)
+        assert "not empty" in err_line(done)
+        assert env.json("list")["snapshots"] == []  # all or nothing
+        # busy: something else is mounted there (the live view itself is a mount)
+        busy = env.mkdir("busy")
+        with tmpfs(busy, "1m"):
+            done = env.run("snapshot", "create", env.backing, "--mount", busy)
+            assert done.returncode == 2, done.stderr
+            assert "already a mount point" in err_line(done)
+        # a directory that already holds a drive
+        drive = os.path.join(env.base, "drive")
+        snap = snapshot(env, "--mount", drive)
+        done = env.run("mount", snap["id"], drive)
+        assert done.returncode == 2, done.stderr
+        print(err_line(done))
+        other = env.run("snapshot", "create", env.backing, "--mount", drive)
+        assert other.returncode == 2, other.stderr
+        print(err_line(other))
+        with open(os.path.join(drive, "a")) as f:
+            assert f.read() == "a"  # the first drive still works
+        assert env.stop() == 0
+
+
+# ------------------------------------------------------------ names
+
+
+NAMES = [b"new\nline", b"bad\xff\xfeutf8", b"n" * 255, b"tab\tand space ", b"\xe2\x82"]
+
+
+def test_odd_names_in_live_view_and_drive() -> None:
+    with served("vspr") as env:
+        live = os.fsencode(env.live)
+        for i, name in enumerate(NAMES):
+            with open(os.path.join(live, name), "wb") as f:
+                f.write(b"%d" % i)
+            os.mkdir(
+                os.path.join(live, name + b".d"[: 255 - len(name)] if len(name) < 254 else b"d" + name[1:])
+            )
+        too_long = os.path.join(live, b"x" * 256)
+        with pytest.raises(OSError) as exc:
+            open(too_long, "wb").close()
+        assert exc.value.errno == errno.ENAMETOOLONG
+        expected = sorted(os.listdir(live))
+        assert sorted(set(os.listdir(os.fsencode(env.backing))) - {b".vsp-retained"}) == expected
+        drive = os.path.join(env.base, "drive")
+        snapshot(env, "--mount", drive)
+        for name in NAMES:  # change them all after the snapshot
+            os.rename(os.path.join(live, name), os.path.join(live, name[:200] + b".old"))
+        d = os.fsencode(drive)
+        assert sorted(os.listdir(d)) == expected
+        for i, name in enumerate(NAMES):
+            with open(os.path.join(d, name), "rb") as f:
+                assert f.read() == b"%d" % i, name
+        assert env.stop() == 0
+
+
+# ------------------------------------------------------------ symlinks
+
+
+def test_symlink_loops_and_outside_targets_stay_symlinks() -> None:
+    with served("vspr") as env:
+        outside = os.path.join(env.base, "outside-secret")
+        with open(outside, "w") as f:
+            f.write("outside")
+        links = {"loop1": "loop2", "loop2": "loop1", "self": "self", "out": outside, "up": "../../.."}
+        for name, target in links.items():
+            os.symlink(target, os.path.join(env.live, name))
+        drive = os.path.join(env.base, "drive")
+        snapshot(env, "--mount", drive)
+        for root in (env.live, drive):
+            for name, target in links.items():
+                p = os.path.join(root, name)
+                assert os.path.islink(p), p
+                assert os.readlink(p) == target
+            assert read_errno(os.path.join(root, "loop1")) == errno.ELOOP
+            assert read_errno(os.path.join(root, "self")) == errno.ELOOP
+            assert sorted(os.listdir(root)) == sorted(links)
+        # the drive lists only what the volume holds: nothing of what "up" or "out" point at
+        assert not os.path.lexists(os.path.join(drive, "outside-secret"))
+        assert env.stop() == 0
+
+
+# ------------------------------------------------------------ permissions
+
+NOBODY = 65534
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=drop,
+    )
+
+
+def nobody_reads(path: str) -> str:
+    """What ``cat`` running as uid 65534 gets: the content, or "EACCES"."""
+    done = as_nobody("cat", path)
+    if done.returncode == 0:
+        return done.stdout
+    assert "Permission denied" in done.stderr, done.stderr
+    return "EACCES"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_drive_permissions_equal_the_live_volume() -> None:
+    with served("vspr", allow_other=True) as env:
+        secret = os.path.join(env.live, "secret")
+        public = os.path.join(env.live, "public")
+        for p, mode in ((secret, 0o600), (public, 0o644)):
+            with open(p, "w") as f:
+                f.write(os.path.basename(p))
+            os.chmod(p, mode)
+        drive = os.path.join(env.base, "drive")
+        snapshot(env, "--mount", drive)
+        for root in (env.live, drive):
+            assert nobody_reads(os.path.join(root, "secret")) == "EACCES"
+            assert nobody_reads(os.path.join(root, "public")) == "public"
+        assert env.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_without_allow_other_other_users_cannot_enter() -> None:
+    with served("vspr") as env:
+        for d in (env.base, env.live):
+            os.chmod(d, 0o755)
+        with open(os.path.join(env.live, "public"), "w") as f:
+            f.write("public")
+        os.chmod(os.path.join(env.live, "public"), 0o644)
+        drive = os.path.join(env.base, "drive")
+        snapshot(env, "--mount", drive)
+        for root in (env.live, drive):
+            assert nobody_reads(os.path.join(root, "public")) == "EACCES", root
+        assert env.stop() == 0
+
+
+# ------------------------------------------------------------ cleanup
+
+
+def test_cleanup_never_deletes_a_foreign_vsp_file() -> None:
+    with served("vspr") as env:
+        foreign = {
+            os.path.join(env.cache, "VSP_foreign.vsp"): b"not a cache file at all\n" * 100,
+            os.path.join(env.cache, "VSP_empty.vsp"): b"",
+            os.path.join(env.state, "VSP_user-data.vsp"): os.urandom(10_000),
+        }
+        for p, data in foreign.items():
+            with open(p, "wb") as f:
+                f.write(data)
+        snap = snapshot(env)
+        out = env.json("cleanup")
+        assert not set(out["removed"]) & set(foreign), out
+        env.ok("destroy", snap["id"])
+        assert env.stop() == 0
+        # without a daemon too, and in a volume (where it also blocks snapshots: exit 4)
+        in_volume = os.path.join(env.backing, "VSP_in-volume.vsp")
+        with open(in_volume, "wb") as f:
+            f.write(b"user data")
+        foreign[in_volume] = b"user data"
+        again = env.run("cleanup", env.cache, env.backing, env.state, "--json")
+        assert again.returncode in (0, 1), again.stderr
+        for p, data in foreign.items():
+            with open(p, "rb") as f:
+                assert f.read() == data, p
