@@ -223,12 +223,28 @@ class ChunkIndex:
 
     def covers(self, ino: int, first: int, stop: int) -> bool:
         """Whether every chunk in [first, stop) is preserved. No lock: entries
-        are never removed, so a True answer stays true."""
+        are never removed, so a True answer stays true. On the live write path
+        (every write to a snapshot-time file asks), hence the one-page case
+        first: one dict lookup and a C-level scan of a page slice."""
         if first >= stop:
             return True
         f = self._files.get(ino)
         if f is None:
             return False
+        key = first >> PAGE_BITS
+        if key == (stop - 1) >> PAGE_BITS:
+            page = f.pages.get(key)
+            if page is not None:
+                lo = first & _MASK
+                return 0 not in page[lo : lo + stop - first]
+            # sparse: chunk numbers are sorted and unique, so the range is all
+            # there if it starts at i and stop - 1 sits where it must
+            fences, segments = f.sparse
+            keys = segments[bisect_right(fences, first) - 1][0]
+            i = bisect_left(keys, first)
+            last = i + stop - first - 1
+            if last < len(keys) and keys[last] == stop - 1 and keys[i] == first:
+                return True
         chunk = first
         while chunk < stop:
             key = chunk >> PAGE_BITS

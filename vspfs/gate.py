@@ -30,12 +30,21 @@ class Gate:
 
     Not re-entrant: a live operation must enter it once and never call
     another gated operation while inside.
+
+    Live changes do not take a lock on the way in or out, only when a
+    recorder is waiting: each registers itself by appending to a list and
+    checks the flag after, the recorder sets the flag and checks the list
+    after (under its lock). ``list.append``/``pop`` are atomic in CPython and
+    bytecodes run one at a time, so either the change sees the flag and backs
+    off, or the recorder sees the change and waits for it to leave. A lock
+    round trip in and out cost about 0.3 µs per write, a third of what a
+    pass-through write may add.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._active = 0
+        self._inflight: list[None] = []
         self._held = False
 
     def enter(self) -> None:
@@ -45,16 +54,23 @@ class Gate:
         try/finally: the generator context manager it used before cost about
         2 µs per write, more than a pass-through write may add in total.
         """
+        self._inflight.append(None)
+        if self._held:
+            self._wait_for_recorder()
+
+    def _wait_for_recorder(self) -> None:
+        self.exit()  # back off, so that the recorder can drain
         with self._lock:
             while self._held:
                 self._cond.wait()
-            self._active += 1
+            # the flag only changes under this lock: the recorder will see us
+            self._inflight.append(None)
 
     def exit(self) -> None:
         """End one live change; wakes a recorder waiting for the drain (only then)."""
-        with self._lock:
-            self._active -= 1
-            if self._held and not self._active:
+        self._inflight.pop()
+        if self._held:
+            with self._lock:
                 self._cond.notify_all()
 
     def __enter__(self) -> None:
@@ -72,9 +88,9 @@ class Gate:
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise VspError(f"another snapshot operation did not finish within {timeout:g} s")
             self._held = True
-            while self._active:
+            while self._inflight:
                 remaining = deadline - time.monotonic()
-                if (remaining <= 0 or not self._cond.wait(remaining)) and self._active:
+                if (remaining <= 0 or not self._cond.wait(remaining)) and self._inflight:
                     self._held = False
                     self._cond.notify_all()
                     raise VspError(

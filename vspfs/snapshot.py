@@ -133,7 +133,9 @@ class Snapshot:
         meta = self._meta.get(ino)
         if meta is None:
             return False
-        last = min(end, meta[0].size)
+        last = meta[0].size
+        if end < last:
+            last = end
         if start >= last:
             return True
         cs = self.chunk_size
