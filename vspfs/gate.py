@@ -8,9 +8,11 @@ Lock order (always taken in this order, never the reverse):
    mkdir/rmdir, so a directory listing is preserved before it changes.
 3. an identity stripe lock (``StripedLocks``): preserving the metadata and
    chunks of one inode, so two writers never copy the same chunk twice.
-4. the cache file's append lock and the retained area's table lock (leaves).
+4. the cache file's append lock, the retained area's table lock and the
+   chunk index's writer lock (leaves; snapshot readers never take the last).
 
-Readers of a snapshot take none of these: they rely on the publish order
+Readers of a snapshot take none of these (except the cache file's lock for
+a counter update, never across I/O): they rely on the publish order
 (preserve, publish, then change the live file) and re-check the index after
 reading live data.
 """
