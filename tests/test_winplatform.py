@@ -121,6 +121,18 @@ def test_winfsp_names_to_core_paths(windows: str, core: str) -> None:
         assert wp.to_windows_path(core) == (windows or "\\")
 
 
+@pytest.mark.parametrize("name", ["\\..\\x", "\\a\\.\\b", "\\a\\..", "\\.."])
+def test_dot_components_never_reach_the_core(name: str) -> None:
+    with pytest.raises(ValueError, match="dot components"):
+        wp.to_core_path(name)
+
+
+def test_an_encoded_slash_never_becomes_a_separator() -> None:
+    assert wp.decode_name("a\uf02fb") == "a\uf02fb"
+    assert wp.to_core_path("\\..\uf02f..\uf02fetc") == "/..\uf02f..\uf02fetc"
+    assert wp.decode_name("a\uf05cb") == "a\\b"  # a backslash is a Linux name character
+
+
 def test_named_streams_are_refused() -> None:
     with pytest.raises(ValueError, match="named streams"):
         wp.to_core_path("\\file.txt:Zone.Identifier")

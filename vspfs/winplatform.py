@@ -120,11 +120,18 @@ def encode_name(core_name: str) -> str:
     name can; the private-use mapping keeps every name listable and openable
     and round-trips through :func:`decode_name`. Names that already contain
     U+F001..U+F07F are shown unchanged (and decode to the ASCII character:
-    documented collision, as in Cygwin).
+    documented collision, as in Cygwin), except U+F02F, which never decodes
+    to "/".
     """
     if not any(c in INVALID_NAME_CHARS for c in core_name):
         return core_name
     return "".join(chr(ENCODED_CHAR_BASE + ord(c)) if c in INVALID_NAME_CHARS else c for c in core_name)
+
+
+#: characters :func:`decode_name` never produces: no core name holds them, and
+#: a "/" decoded from U+F02F would split a name into path components
+#: ("..\uF02F..\uF02Fetc" must not become "../../etc")
+_NEVER_DECODED = frozenset("/")
 
 
 def decode_name(windows_name: str) -> str:
@@ -132,7 +139,8 @@ def decode_name(windows_name: str) -> str:
     out = []
     for c in windows_name:
         code = ord(c) - ENCODED_CHAR_BASE
-        out.append(chr(code) if 0 < code < 0x80 and chr(code) in INVALID_NAME_CHARS else c)
+        ok = 0 < code < 0x80 and chr(code) in INVALID_NAME_CHARS and chr(code) not in _NEVER_DECODED
+        out.append(chr(code) if ok else c)
     return "".join(out)
 
 
@@ -161,6 +169,9 @@ def to_core_path(windows_path: str) -> str:
     parts = [p for p in windows_path.replace("/", "\\").split("\\") if p]
     if any(":" in p for p in parts):
         raise ValueError(f"named streams are not supported: {windows_path!r}")
+    if any(p in (".", "..") for p in parts):
+        # WinFsp's FSD refuses them already; a core path must never climb
+        raise ValueError(f"dot components in a file name: {windows_path!r}")
     return "/" + "/".join(decode_name(p) for p in parts)
 
 
