@@ -13,6 +13,8 @@ as an expected failure; any other problem fails the test.
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +41,11 @@ def test_soak_60s() -> None:
     other = [p for p in problems if "open fds grew" not in p]
     assert not other, report
     if problems:
-        # only the descriptor growth is left: the known per-drive socket leak
-        assert "'socket'" in problems[0], report
+        # only the descriptor growth is left, and it is (nearly) all sockets; a
+        # file or two may be open at the sampling instant
+        found = re.search(r"growth by kind after cycle 1: (\{.*\})$", problems[0])
+        assert len(problems) == 1 and found, report
+        grown = ast.literal_eval(found.group(1))
+        assert grown.get("socket", 0) > 0 and sum(grown.values()) - grown["socket"] <= 4, report
         pytest.xfail("known defect: one socket fd per unmounted drive stays open in the daemon\n" + report)
     assert done.returncode == 0, report
