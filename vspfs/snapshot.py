@@ -536,3 +536,257 @@ class Snapshot:
             "warnings": list(self.warnings),
             "changed": self.changed_inodes(),
         }
+
+    # -- changes since the snapshot (`vspfs changes`) ----------------------------------
+
+    def changes(self) -> dict[str, list]:
+        """What changed on the live volume since this snapshot, for an incremental backup.
+
+        Returns ``{"created": [path], "modified": [path], "deleted": [path],
+        "renamed": [(old path, new path)]}``, volume-relative paths, sorted.
+        Old paths are snapshot-time paths; new, created and modified paths are
+        where things are now. A renamed directory is one entry (what lies in it
+        keeps its relative path); a name whose object was replaced (written to a
+        temporary file, then renamed over) counts as modified.
+
+        Derived only from what the engine tracks, never from timestamps:
+
+        * every directory whose namespace changed has its snapshot-time listing
+          preserved; comparing it with the live listing gives the names that
+          went (deleted), came (created; a new directory brings its whole
+          subtree) and moved (the same inode gone from one place and come to
+          another: renamed);
+        * every inode whose data or attributes changed has its snapshot-time
+          metadata preserved (and its changed chunks): it is modified where its
+          size, mtime, mode, owner, xattrs or data differ from the live inode;
+        * inodes created after the snapshot are known as new.
+
+        Finding where those directories and inodes are costs one walk of the
+        snapshot-time directory tree (names only: no stat of unchanged files)
+        that stops as soon as every changed inode is placed; directories are
+        then reached through the handles the snapshot keeps anyway. The result
+        describes one moment: changes made while it is computed may or may not
+        be in it. Raises SnapshotInvalid for an invalid snapshot (once invalid,
+        nothing more was tracked).
+        """
+        self._check()
+        meta = dict(list(self._meta.items()))
+        listings = set(list(self._listings))
+        new = set(list(self._new))
+        targets = (set(meta) | listings) - {self.volume.root_ino}
+        located = _locate(self, targets, meta)
+        root_live = os.readlink(f"/proc/self/fd/{self.volume.root_fd}")
+
+        def live_dir(node: Node) -> tuple[str | None, list[tuple[str, int, int]]]:
+            """(live path, live entries) of a snapshot-time directory; (None, []) if gone."""
+            try:
+                with self._dir_fd(node) as fd:
+                    where = _relative(os.readlink(f"/proc/self/fd/{fd}"), root_live)
+                    if where is None or where.split("/", 1)[0] == _RETAINED:
+                        return None, []
+                    return where, scan_dir(fd, node.parent is None)
+            except OSError:
+                return None, []
+
+        removed: dict[int, list[str]] = {}
+        added: dict[int, list[str]] = {}
+        live_paths: dict[int, str | None] = {}  # changed directory ino -> its live path
+        live_names: dict[int, dict[str, int]] = {}
+        pending: list[str] = []  # live paths of new directories
+        for ino in sorted(listings):
+            if ino == self.volume.root_ino:
+                node, old = self._root, ""
+            elif ino in located.dirs:
+                node, old = located.dirs[ino]
+            else:
+                continue  # not reachable in the snapshot tree (vspfs's own area)
+            past = self._listing(ino) or {}
+            where, entries = live_dir(node)
+            live_paths[ino] = where
+            now = {name: (i, t) for name, i, t in entries}
+            live_names[ino] = {name: i for name, (i, _t) in now.items()}
+            for name, (i, _t) in past.items():
+                if now.get(name, (None,))[0] != i:
+                    removed.setdefault(i, []).append(_join(old, name))
+            if where is None:
+                continue
+            for name, (i, t) in now.items():
+                if past.get(name, (None,))[0] != i:
+                    added.setdefault(i, []).append(_join(where, name))
+                    if i in new and t == statmod.S_IFDIR:
+                        pending.append(_join(where, name))
+        while pending:  # new directories: all they hold came after the snapshot
+            path = pending.pop()
+            try:
+                with self._open_live_dir(path) as fd:
+                    entries = scan_dir(fd, False)
+            except OSError:
+                continue
+            for name, i, t in entries:
+                added.setdefault(i, []).append(_join(path, name))
+                if i in new and t == statmod.S_IFDIR:
+                    pending.append(_join(path, name))
+
+        created: set[str] = set()
+        deleted: set[str] = set()
+        renamed: list[tuple[str, str]] = []
+        for ino in set(removed) | set(added):
+            gone = sorted(removed.get(ino, []))
+            came = sorted(added.get(ino, []))
+            pairs = min(len(gone), len(came))
+            renamed.extend(zip(gone[:pairs], came[:pairs], strict=True))
+            deleted.update(gone[pairs:])
+            created.update(came[pairs:])
+        modified = created & deleted  # the same name, another object: replaced
+        created -= modified
+        deleted -= modified
+        moved_to = {new_path for _old, new_path in renamed}
+        deleted -= moved_to  # renamed over: the name is still there, holding what moved
+
+        path_of: dict[int, str | None] = dict(live_paths)
+
+        def live_path(node: Node) -> str | None:
+            if node.ino not in path_of:
+                try:
+                    with self._dir_fd(node) as fd:
+                        where = _relative(os.readlink(f"/proc/self/fd/{fd}"), root_live)
+                except OSError:
+                    where = None
+                if where is not None and where.split("/", 1)[0] == _RETAINED:
+                    where = None
+                path_of[node.ino] = where
+            return path_of[node.ino]
+
+        for ino, (attr, xattrs) in meta.items():
+            if ino == self.volume.root_ino:
+                if self._changed_since(ino, attr, xattrs, "", ""):
+                    modified.add(".")
+                continue
+            places: list[tuple[str, str]] = []
+            for parent, name in located.places.get(ino, []):
+                if parent.ino in live_names and live_names[parent.ino].get(name) != ino:
+                    continue  # moved or deleted: the listings said so already
+                where = live_path(parent)
+                if where is not None:
+                    places.append((where, name))
+            for path in added.get(ino, []):
+                if path in moved_to:
+                    parent_path, _, name = path.rpartition("/")
+                    places.append((parent_path, name))
+            for where, name in places:
+                if self._changed_since(ino, attr, xattrs, where, name):
+                    modified.add(_join(where, name))
+        modified -= created
+        return {
+            "created": sorted(created),
+            "modified": sorted(modified),
+            "deleted": sorted(deleted),
+            "renamed": sorted(renamed),
+        }
+
+    @contextmanager
+    def _open_live_dir(self, rel: str) -> Iterator[int]:
+        """An fd on a live directory by its volume-relative path, one component at
+        a time without following symlinks (the walk never leaves the volume)."""
+        fd = os.dup(self.volume.root_fd)
+        try:
+            for part in rel.split("/") if rel else []:
+                nxt = open_quietly(part, _DIR, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _changed_since(
+        self, ino: int, attr: Attr, xattrs: tuple[tuple[bytes, bytes], ...], parent: str, name: str
+    ) -> bool:
+        """Whether the live object ``parent/name`` (the root if ``name`` is empty),
+        if it is still inode ``ino``, differs from its snapshot-time metadata or data."""
+        try:
+            if name:
+                with self._open_live_dir(parent) as pfd:
+                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                    link = statmod.S_ISLNK(st.st_mode)
+                    live_x = None if link else read_xattrs(f"/proc/self/fd/{pfd}/{name}")
+            else:
+                st = os.fstat(self.volume.root_fd)
+                live_x = read_xattrs(self.volume.root_fd)
+        except OSError:
+            return False
+        if st.st_ino != ino:
+            return False
+        if live_x is not None and sorted(live_x) != sorted(xattrs):
+            return True
+        before = (statmod.S_IMODE(attr.mode), attr.uid, attr.gid)
+        if (statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != before:
+            return True
+        if statmod.S_ISDIR(st.st_mode):
+            return False  # its entries are reported one by one
+        return self.index.has_file(ino) or st.st_size != attr.size or st.st_mtime_ns != attr.mtime_ns
+
+
+_RETAINED = ".vsp-retained"
+
+
+@dataclass
+class _Located:
+    """Where changed inodes were at snapshot time: directories by node, every name by parent."""
+
+    dirs: dict[int, tuple[Node, str]]
+    places: dict[int, list[tuple[Node, str]]]
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _relative(path: str, root: str) -> str | None:
+    """``path`` relative to ``root`` ("" for the root itself); None if outside it."""
+    if path == root:
+        return ""
+    if root == "/":
+        return path.lstrip("/")
+    if path.startswith(root + "/"):
+        return path[len(root) + 1 :]
+    return None
+
+
+def _locate(snap: Snapshot, targets: set[int], meta: dict[int, tuple[Attr, object]]) -> _Located:
+    """Walk the snapshot-time tree (names only) until every target inode is placed.
+
+    A non-directory is placed once for each of its snapshot-time links; the
+    walk stops as soon as every target has all its places, so a volume where
+    a few files changed near the top is not read to its last directory.
+    """
+    need: dict[int, int] = {}
+    for ino in targets:
+        attr = meta.get(ino)
+        need[ino] = 1 if attr is None or statmod.S_ISDIR(attr[0].mode) else max(1, attr[0].nlink)
+    remaining = sum(need.values())
+    found = _Located({}, {})
+    queue: list[tuple[Node, str]] = [(snap._root, "")]
+    while queue and remaining > 0:
+        node, path = queue.pop()
+        try:
+            listing = snap._listing(node.ino)
+            if listing is None:
+                with snap._dir_fd(node) as fd:
+                    entries = scan_dir(fd, node.parent is None)
+                listing = snap._listing(node.ino)
+            if listing is not None:
+                entries = [(n, i, t) for n, (i, t) in listing.items()]
+        except OSError:
+            continue
+        for name, ino, ftype in entries:
+            child = Node(ino, ftype, node, name)
+            child_path = _join(path, name)
+            if ino in need and need[ino] > 0:
+                need[ino] -= 1
+                remaining -= 1
+                found.places.setdefault(ino, []).append((node, name))
+                if ftype == statmod.S_IFDIR:
+                    found.dirs[ino] = (child, child_path)
+            if ftype == statmod.S_IFDIR:
+                queue.append((child, child_path))
+    return found
