@@ -25,6 +25,7 @@ import resource
 import secrets
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -170,10 +171,21 @@ class Provider:
             )
         return vol.root_path
 
-    def _choose_cache_dir(self, vols: list[Volume], wanted: str | None) -> tuple[str, str]:
-        """(display path, path to write through) of the cache volume for a set."""
+    def _choose_cache_dir(self, vols: list[Volume], wanted: str | Sequence[str] | None) -> tuple[str, str]:
+        """(display path, path to write through) of the cache volume for a set.
+
+        ``wanted`` is one directory (it must be eligible), or a list (a job's
+        own Cache File Volume List: the eligible one with most free space)."""
         busy = self._busy_roots(vols)
-        if wanted is not None:
+        if isinstance(wanted, (list, tuple)):
+            for w in wanted:
+                if not os.path.isdir(w):
+                    raise UsageError(f"cache volume {w} is not a directory: create it or name another")
+            candidates = [_real(w) for w in wanted]
+            wanted = None if len(candidates) != 1 else candidates[0]
+            if not candidates:
+                raise UsageError("the cache file volume list is empty: name at least one directory")
+        elif wanted is not None:
             candidates = [_real(wanted)]
         elif self.cache_volumes:
             candidates = list(self.cache_volumes)
@@ -214,14 +226,22 @@ class Provider:
         self,
         volumes: list[Volume],
         *,
-        initial_size: int | str | None = None,
-        max_size: int | str | None = None,
+        initial_size: int | str | Mapping[str, int | str | None] | None = None,
+        max_size: int | str | Mapping[str, int | str | None] | None = None,
         policy: str = POLICY_INVALIDATE,
-        cache_volume: str | None = None,
+        cache_volume: str | Sequence[str] | None = None,
         hold_timeout: float = 30.0,
+        under_hold: Callable[[], None] | None = None,
     ) -> list[Snapshot]:
         """Snapshot several volumes at one instant: new changes on all of them
-        are held, in-flight ones drain, every snapshot is recorded, changes resume."""
+        are held, in-flight ones drain, every snapshot is recorded, changes resume.
+
+        Sizes may be one value for every volume or a mapping from volume id to
+        value (per-volume cache sizing of backup jobs). ``under_hold`` runs
+        while every change is held, just before the snapshots are recorded:
+        a backup job re-checks its quiet period there, where no write can slip
+        in between the check and the snapshot; whatever it raises undoes the
+        set (cache files removed) and propagates."""
         if policy not in POLICIES:
             raise UsageError(f"unknown cache policy {policy!r}: use one of {', '.join(POLICIES)}")
         vols: list[Volume] = []
@@ -249,11 +269,21 @@ class Provider:
                 for v in vols:
                     snap_id = sid if len(vols) == 1 else f"{sid}-{v.name[:16]}"
                     snaps.append(
-                        self._new_snapshot(v, snap_id, write_dir, display_dir, initial_size, max_size, policy)
+                        self._new_snapshot(
+                            v,
+                            snap_id,
+                            write_dir,
+                            display_dir,
+                            _per_volume(initial_size, v),
+                            _per_volume(max_size, v),
+                            policy,
+                        )
                     )
                 with ExitStack() as stack:
                     for v in sorted(vols, key=lambda x: x.volume_id):
                         stack.enter_context(v.hold_changes(hold_timeout))
+                    if under_hold is not None:
+                        under_hold()
                     now = time.time_ns()
                     for s in snaps:
                         s.created_ns = now
@@ -394,6 +424,13 @@ def cleanup_directory(display: str, where: str, report: CleanupReport) -> None:
 
 def _real_cache_dir(snap: Snapshot) -> str:
     return os.path.dirname(getattr(snap.cache, "display_path", snap.cache.path))
+
+
+def _per_volume(value: int | str | Mapping[str, int | str | None] | None, vol: Volume) -> int | str | None:
+    """One volume's size from a single value or a mapping keyed by volume id."""
+    if isinstance(value, Mapping):
+        return value.get(vol.volume_id)
+    return value
 
 
 def _size(value: int | str | None, volume_size: int, default: int | None) -> int | None:
