@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import selectors
 import socket
 import stat
@@ -196,6 +197,38 @@ def _peer_uid(sock: socket.socket) -> int:
 
 
 # ---------------------------------------------------------------------- server
+
+#: the connection a handler thread is answering (see client_gone)
+_current = threading.local()
+
+
+def client_gone() -> bool:
+    """True when the client of the request this thread is handling has hung up.
+
+    A client sends exactly one request and then only waits for the reply, so
+    anything readable on its connection afterwards is the end of the stream:
+    the client closed it, or the kernel did because the client died. Long
+    requests (a backup job that lives as long as its client's connection)
+    poll this to notice a client that was killed, and clean up after it.
+    False outside a handler thread.
+    """
+    conn = getattr(_current, "conn", None)
+    if conn is None:
+        return False
+    poller = select.poll()  # not select(): a daemon's fds can be numbered above 1024
+    poller.register(conn, select.POLLIN | select.POLLHUP | getattr(select, "POLLRDHUP", 0))
+    try:
+        if not poller.poll(0):
+            return False
+    except OSError:
+        return True
+    try:
+        data = conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return data == b""
 
 
 def _error_reply(exc_type: str, message: str, exit_code: int, details: dict[str, Any] | None = None) -> dict:
@@ -559,6 +592,7 @@ class ControlServer:
         """Handle one connection: authenticate, read one request, run it, reply."""
         with self._reading_lock:
             self._reading.add(conn)
+        _current.conn = conn  # for client_gone() in a long request's handler
         try:
             reply = self._answer(conn)
             if reply is None:
@@ -581,6 +615,7 @@ class ControlServer:
         except Exception:
             log.exception("control channel: unexpected failure serving a connection")
         finally:
+            _current.conn = None
             with self._reading_lock:
                 self._reading.discard(conn)
             conn.close()
