@@ -59,6 +59,7 @@ from vspfs.cacheformat import (
     decode_listing,
     decode_meta,
     decode_record_header,
+    encode_chunk_header,
     encode_header,
     encode_listing,
     encode_meta,
@@ -719,6 +720,13 @@ def test_record_flags_are_checked() -> None:
         encode_record_header(RECORD_META, 1, 0, b"abc", RECORD_FLAG_NO_CRC)
     with pytest.raises(ValueError, match="flags"):
         encode_record_header(RECORD_CHUNK, 1, 0, b"abc", 0x02)
+    for ino, chunk, payload in [(1, 2, b"abc"), (0, 0, b""), ((1 << 64) - 1, (1 << 64) - 1, b"z" * 70)]:
+        assert encode_chunk_header(ino, chunk, len(payload)) == encode_record_header(
+            RECORD_CHUNK, ino, chunk, payload, RECORD_FLAG_NO_CRC
+        )
+    for bad in [(-1, 0, 0), (1 << 64, 0, 0), (0, -1, 0), (0, 0, 1 << 32)]:
+        with pytest.raises(ValueError, match="does not fit"):
+            encode_chunk_header(*bad)
 
     def raw(rtype: int, flags: int, crc: int) -> bytes:
         b = body.pack(RECORD_MAGIC, rtype, flags, 0, 1, 0, 3, crc)

@@ -52,8 +52,6 @@ from vspfs.cacheformat import (
     FLAG_INVALID,
     FORMAT_VERSION,
     HEADER_SIZE,
-    RECORD_CHUNK,
-    RECORD_FLAG_NO_CRC,
     RECORD_HEADER_SIZE,
     RECORD_LISTING,
     RECORD_MAGIC,
@@ -63,6 +61,7 @@ from vspfs.cacheformat import (
     cache_file_name,
     decode_header,
     decode_record_header,
+    encode_chunk_header,
     encode_header,
     encode_record_header,
     is_cache_file_name,
@@ -134,19 +133,24 @@ def _try_lock(fd: int, kind: int) -> bool:
     return True
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
+    n = os.pwrite(fd, data, offset)
+    if n == len(data):  # the usual case: no memoryview to build
+        return
     view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
+    while True:
         if n <= 0:  # a regular file only does this when it cannot take more
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[n:]
         offset += n
+        if not view:
+            return
+        n = os.pwrite(fd, view, offset)
 
 
-def _pwritev_all(fd: int, buffers: list[Buffer], offset: int) -> None:
-    """Write ``buffers`` (bytes-like, one byte per item) back to back at ``offset``."""
-    total = sum(len(b) for b in buffers)
+def _pwritev_all(fd: int, buffers: list[Buffer], offset: int, total: int) -> None:
+    """Write ``buffers`` (bytes-like, one byte per item, ``total`` bytes in
+    all) back to back at ``offset``."""
     done = os.pwritev(fd, buffers, offset)
     if done < total:  # rare (a signal, a full disk): finish the rest piece by piece
         if done <= 0:
@@ -419,6 +423,8 @@ class CacheFile:
         (without a payload crc), in few system calls; returns their data
         offsets, in order. All or nothing: a batch that does not fit is refused
         whole (the file then refuses everything anyway)."""
+        if len(chunks) <= _BATCH_MAX:
+            return self._append_batch(ino, chunks) if chunks else []
         out: list[int] = []
         for first in range(0, len(chunks), _BATCH_MAX):
             out += self._append_batch(ino, chunks[first : first + _BATCH_MAX])
@@ -426,21 +432,22 @@ class CacheFile:
 
     def _append_batch(self, ino: int, chunks: list[tuple[int, Buffer]]) -> list[int]:
         heads = []
+        buffers: list[Buffer] = []  # everything after the first header, in file order
+        rel = []  # data offsets relative to the batch
+        size = 0
         for chunk_no, data in chunks:
             if len(data) > self.chunk_size:
                 raise ValueError(f"chunk of {len(data)} bytes exceeds the chunk size {self.chunk_size}")
-            heads.append(encode_record_header(RECORD_CHUNK, ino, chunk_no, data, RECORD_FLAG_NO_CRC))
-        size = sum(len(data) for _, data in chunks) + RECORD_HEADER_SIZE * len(chunks)
-        offset, end, due = self._reserve(size)
-        buffers: list[Buffer] = []
-        offsets = []
-        pos = offset
-        for n, (_, data) in enumerate(chunks):
-            if n:
-                buffers.append(heads[n])
+            head = encode_chunk_header(ino, chunk_no, len(data))
+            if heads:
+                buffers.append(head)
+            heads.append(head)
             buffers.append(data)
-            offsets.append(pos + RECORD_HEADER_SIZE)
-            pos += RECORD_HEADER_SIZE + len(data)
+            size += RECORD_HEADER_SIZE
+            rel.append(size)
+            size += len(data)
+        offset, end, due = self._reserve(size)
+        offsets = [offset + r for r in rel]
         try:
             if len(chunks) > 1 and offset % _PAGE > _PAGE - RECORD_HEADER_SIZE:
                 # The first header would straddle a page: a write cut there
@@ -454,7 +461,7 @@ class CacheFile:
             else:
                 # everything but the first header, then the first header:
                 # until that last write the whole batch reads as unwritten
-                _pwritev_all(self._fd, buffers, offset + RECORD_HEADER_SIZE)
+                _pwritev_all(self._fd, buffers, offset + RECORD_HEADER_SIZE, size - RECORD_HEADER_SIZE)
                 _pwrite_all(self._fd, heads[0], offset)
         except OSError as exc:
             if exc.errno in _FULL_ERRNOS:

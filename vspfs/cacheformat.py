@@ -391,6 +391,20 @@ def encode_record_header(rtype: int, ino: int, arg: int, payload: Buffer, flags:
     return body + _U32.pack(zlib.crc32(body))
 
 
+def encode_chunk_header(ino: int, chunk_no: int, length: int) -> bytes:
+    """The header of a CHUNK record without a payload crc (RECORD_FLAG_NO_CRC),
+    from the payload's length alone: what encode_record_header gives, with
+    one struct call instead of a range check per field (it runs for every
+    chunk preserved; struct refuses what does not fit)."""
+    try:
+        body = _RECORD_BODY.pack(RECORD_MAGIC, RECORD_CHUNK, RECORD_FLAG_NO_CRC, 0, ino, chunk_no, length, 0)
+    except struct.error:
+        raise ValueError(
+            f"chunk record ino={ino!r} chunk={chunk_no!r} length={length!r} does not fit its fields"
+        ) from None
+    return body + _U32.pack(zlib.crc32(body))
+
+
 def decode_record_header(data: Buffer, chunk_size: int, version: int = FORMAT_VERSION) -> RecordHeader:
     """Decode and validate a record header of a file of format ``version``
     (the payload crc is the caller's to check, when ``has_crc``)."""

@@ -262,18 +262,24 @@ class ChunkIndex:
 
     def put(self, ino: int, chunk: int, offset: int) -> None:
         """Publish a preserved chunk. First copy wins: an existing entry is kept."""
-        if offset <= 0:
-            raise ValueError(f"chunk offset {offset} cannot be a cache file data offset")
+        self.put_many(ino, [(chunk, offset)])
+
+    def put_many(self, ino: int, entries: list[tuple[int, int]]) -> None:
+        """:meth:`put` for several (chunk, offset) pairs of one file, taking
+        the writer lock once (the chunks of one live write)."""
+        for _chunk, offset in entries:
+            if offset <= 0:
+                raise ValueError(f"chunk offset {offset} cannot be a cache file data offset")
         with self._lock:
             f = self._files.get(ino)
-            if f is None:
+            new = f is None
+            if new:
                 f = _File()
-                stored = f.put(chunk, offset)
+            for chunk, offset in entries:
+                if f.put(chunk, offset):
+                    self.count += 1
+            if new:
                 self._files[ino] = f  # published whole
-            else:
-                stored = f.put(chunk, offset)
-            if stored:
-                self.count += 1
 
     def chunks(self, ino: int) -> list[tuple[int, int]]:
         """(chunk, offset) pairs of one file, in chunk order."""

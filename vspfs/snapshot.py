@@ -162,9 +162,10 @@ class Snapshot:
         that order: an index entry promises data that is already there)."""
         offsets = self._store(self.cache.append_chunks, ino, chunks)
         if offsets is not None:
-            for (chunk, data), offset in zip(chunks, offsets, strict=True):
-                self.index.put(ino, chunk, offset)
-                self.bytes_preserved += len(data)
+            self.index.put_many(
+                ino, [(chunk, offset) for (chunk, _), offset in zip(chunks, offsets, strict=True)]
+            )
+            self.bytes_preserved += sum(len(data) for _, data in chunks)
 
     def _store(self, append: Callable[..., T], *args: object) -> T | None:
         try:
