@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -414,11 +415,15 @@ class Daemon:
         allow_other: bool = False,
         state_dir: str | None = None,
         backend: MountBackend | None = None,
+        exclude_volumes: Iterable[str] = (),
     ) -> None:
         from vspfs.control import default_socket_path
+        from vspfs.jobs import JobManager
 
         self.specs = list(volumes)
         self.cache_volumes = [os.path.abspath(c) for c in cache_volumes]
+        #: the VSP Volume Exclude List: volumes (or trees) that are never snapshotted
+        self.exclude_volumes = [_real(e) for e in exclude_volumes]
         self.socket_path = os.path.abspath(socket_path or default_socket_path())
         self.allow_other = allow_other
         self.state_dir = os.path.abspath(state_dir or default_state_dir())
@@ -447,7 +452,17 @@ class Daemon:
             "status": self._op_status,
             "destroy": self._op_destroy,
             "cleanup": self._op_cleanup,
+            "changes": self._op_changes,
+            "job.start": self._op_job_start,
+            "job.status": self._op_job_status,
+            "job.finish": self._op_job_finish,
         }
+        #: requests that do not hold the daemon lock for their whole run: a backup
+        #: job lasts as long as its command, and `changes` may walk a large tree;
+        #: they take the lock themselves for each step that needs it
+        self._unlocked_ops = {"job.start", "job.status", "job.finish", "changes"}
+        self.jobs = JobManager(self)
+        self._changes: dict[str, tuple[float, str, list[list[str]]]] = {}  # token -> (expiry, snap, items)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -479,7 +494,9 @@ class Daemon:
         self._server.start()
 
         previous = self._previous_record()
-        self.provider = Provider(self.state_dir, cache_volumes=self.cache_volumes)
+        self.provider = Provider(
+            self.state_dir, cache_volumes=self.cache_volumes, exclude=self.exclude_volumes
+        )
         for spec in self.specs:
             try:
                 vol = self.provider.add_volume(spec.backing)
@@ -584,6 +601,7 @@ class Daemon:
         self._stop.set()
         self._ready.set()
         clean = True
+        self.jobs.stop_all()  # each job destroys its own snapshots and says why in its report
         with self._lock:
             self._shut_down = True
             if self.provider is not None:
@@ -816,6 +834,12 @@ class Daemon:
         if self._start_failed or self._stopping:
             raise DaemonNotRunning("the vspfs daemon is shutting down")
         log.debug("request %s %s", op, args)
+        if op in self._unlocked_ops:
+            try:
+                return fn(args)
+            except VspError as exc:
+                log.warning("%s refused: %s", op, exc)
+                raise
         with self._lock:
             if self._stopping:
                 raise DaemonNotRunning("the vspfs daemon is shutting down")
@@ -909,6 +933,7 @@ class Daemon:
             "socket": self.socket_path,
             "state_dir": self.state_dir,
             "cache_volumes": [_real(c) for c in self.cache_volumes],
+            "exclude_volumes": list(self.exclude_volumes),
             "started": _utc(self.started),
             "allow_other": self.allow_other,
         }
@@ -1017,7 +1042,102 @@ class Daemon:
         result["kept"] = [k for k in result["kept"] if k.get("path") not in own]
         return result
 
+    # -- for backup jobs (vspfs/jobs.py), which run outside the request lock
+
+    def live_view_of(self, vol: Volume) -> str:
+        """Where applications see ``vol`` (what a job reads when it has no snapshot)."""
+        live = self._live_of(vol)
+        return live.mountpoint if live is not None else vol.backing
+
+    def has_snapshot(self, snap: Snapshot) -> bool:
+        return self.provider is not None and self.provider.snapshots.get(snap.id) is snap
+
+    def job_snapshot_set(self, vols: list[Volume], **kwargs: Any) -> list[Snapshot]:
+        """Create a job's snapshot set under the daemon lock (see Provider.create_snapshot_set)."""
+        with self._lock:
+            if self._stopping or self.provider is None:
+                raise DaemonNotRunning("the vspfs daemon is shutting down")
+            return self.provider.create_snapshot_set(vols, **kwargs)
+
+    def drive_dirs(self, base: str, vols: list[Volume]) -> list[str]:
+        """BASE/<volume name> for each volume (unique where names repeat)."""
+        return list(_drive_dirs(base, vols))
+
+    def job_mount(self, snap: Snapshot, path: str) -> str:
+        """Mount a job's snapshot at ``path``; the drive's real path."""
+        with self._lock:
+            if self._stopping:
+                raise DaemonNotRunning("the vspfs daemon is shutting down")
+            return self._mount_drive(snap, path).path
+
+    def job_destroy(self, snap: Snapshot) -> None:
+        """Destroy a job's snapshot if it still exists (unmounting its drives first)."""
+        with self._lock:
+            if self.has_snapshot(snap):
+                self._destroy_one(snap.id)
+
     # -- operations
+
+    def _op_job_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.jobs.op_start(args)
+
+    def _op_job_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.jobs.op_status(args)
+
+    def _op_job_finish(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.jobs.op_finish(args)
+
+    def _op_changes(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Paths changed since a snapshot, in pages that fit a control message.
+
+        The first request computes the whole list and keeps it for a minute
+        under a token; the client asks for the following pages with it.
+        """
+        token = _opt_str(args, "token")
+        offset = args.get("offset", 0)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise UsageError("request argument 'offset' must be an integer >= 0")
+        now = time.monotonic()
+        for key in [k for k, (expiry, _s, _i) in list(self._changes.items()) if expiry < now]:
+            self._changes.pop(key, None)
+        if token is None:
+            with self._lock:
+                snap = self._snapshot(_req_str(args, "snapshot"))
+            try:
+                found = snap.changes()
+            except VspError:
+                raise
+            except OSError as exc:
+                if not self.has_snapshot(snap):
+                    raise UsageError(f"snapshot {snap.id} was destroyed while listing its changes") from None
+                raise VspError(f"cannot list the changes of snapshot {snap.id}: {exc}") from None
+            items: list[list[str]] = []
+            for kind in ("created", "modified", "deleted"):
+                items += [[kind, _printable(p)] for p in found[kind]]
+            items += [["renamed", _printable(a), _printable(b)] for a, b in found["renamed"]]
+            token = secrets.token_hex(8)
+            self._changes[token] = (now + 60.0, snap.id, items)
+        entry = self._changes.get(token)
+        if entry is None:
+            raise UsageError("the list of changes expired: run `vspfs changes` again")
+        _expiry, snap_id, items = entry
+        page: list[list[str]] = []
+        budget = 256 * 1024
+        end = offset
+        while end < len(items) and (budget > 0 or not page):
+            page.append(items[end])
+            budget -= sum(len(x) + 8 for x in items[end])
+            end += 1
+        if end >= len(items):
+            self._changes.pop(token, None)
+        return {
+            "snapshot": snap_id,
+            "token": token,
+            "total": len(items),
+            "offset": offset,
+            "items": page,
+            "next": end if end < len(items) else None,
+        }
 
     def _op_snapshot_create(self, args: dict[str, Any]) -> dict[str, Any]:
         """Snapshot one volume, or several as one atomic set; optionally mount them."""
@@ -1042,12 +1162,25 @@ class Daemon:
                 if not os.path.isdir(mount):
                     raise UsageError(f"mount directory {mount} is not a directory: create it first")
         kwargs: dict[str, Any] = {}
+        per_volume = args.get("volume_options") or {}
+        if not isinstance(per_volume, dict):
+            raise UsageError("request argument 'volume_options' must be an object")
         for key, arg in (("initial_size", "cache_size"), ("max_size", "max_cache_size")):
             value = args.get(arg)
-            if value is not None:
-                if not isinstance(value, (int, str)) or isinstance(value, bool):
-                    raise UsageError(f"{arg} must be a size such as 1G or 10%")
-                kwargs[key] = value
+            if value is not None and (not isinstance(value, (int, str)) or isinstance(value, bool)):
+                raise UsageError(f"{arg} must be a size such as 1G or 10%")
+            sizes: dict[str, Any] = {v.volume_id: value for v in vols}
+            for name, opts in per_volume.items():  # [volumes."PATH"] of the configuration file
+                if not isinstance(opts, dict) or arg not in opts:
+                    continue
+                try:
+                    vol = self.find_volume(name)
+                except UsageError:
+                    continue  # a volume this daemon does not serve
+                if vol.volume_id in sizes:
+                    sizes[vol.volume_id] = opts[arg]
+            if any(v is not None for v in sizes.values()):
+                kwargs[key] = sizes
         for key in ("policy", "cache_volume"):
             value = _opt_str(args, key)
             if value is not None:
@@ -1169,6 +1302,15 @@ def _drive_dirs(base: str, vols: list[Volume]) -> Iterator[str]:
         yield os.path.join(base, name)
 
 
+def _printable(path: str) -> str:
+    """A path that JSON can carry: names that are not UTF-8 get \\xNN escapes."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -1223,6 +1365,7 @@ def serve(
     *,
     state_dir: str | None = None,
     backend: MountBackend | None = None,
+    exclude_volumes: Iterable[str] = (),
 ) -> int:
     """Run a daemon in the foreground until SIGINT/SIGTERM/SIGHUP; return the exit code.
 
@@ -1239,6 +1382,7 @@ def serve(
         allow_other=allow_other,
         state_dir=state_dir,
         backend=backend,
+        exclude_volumes=exclude_volumes,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
