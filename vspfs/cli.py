@@ -11,12 +11,11 @@ exit code (docs/cli.md); never a traceback unless asked for with ``-v`` or
 ``VSPFS_DEBUG=1``, because a traceback tells a user nothing they can act on.
 :func:`main` is the only place that maps exceptions to exit codes.
 
-Adding a command (``vspfs backup`` of issue 5 will): write it in its own
-module as a click command, add it here with ``cli.add_command``, and reuse
-:func:`call_daemon` (``timeout=None`` for a job that runs as long as its
-command), :func:`emit` and the exit codes below (10-19 are reserved for backup
-outcomes). On the daemon side, a new request is one more entry in
-``Daemon._ops``.
+Adding a command: write it in its own module as a click command (as
+``vspfs backup`` and ``vspfs changes`` are, in vspfs/backup.py), add it here
+with ``cli.add_command``, and reuse :func:`call_daemon`, :func:`emit` and the
+exit codes below (10-19 are `vspfs backup` outcomes). On the daemon side, a
+new request is one more entry in ``Daemon._ops``.
 """
 
 from __future__ import annotations
@@ -72,10 +71,20 @@ def _debug_wanted() -> bool:
 class Settings:
     """Options of the ``vspfs`` group that every command may need."""
 
-    def __init__(self, socket: str | None, state_dir: str | None, timeout: float) -> None:
+    def __init__(
+        self, socket: str | None, state_dir: str | None, timeout: float, config: str | None = None
+    ) -> None:
         self.socket = socket
         self.state_dir = state_dir
         self.timeout = timeout
+        self.config = config  # --config FILE (None: $VSPFS_CONFIG or the usual locations)
+
+
+def load_config() -> Any:
+    """The configuration file(s) for this command (vspfs/config.py); errors name the key."""
+    from vspfs import config
+
+    return config.load(_settings().config)
 
 
 def _settings() -> Settings:
@@ -186,11 +195,23 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
     metavar="SECONDS",
     help="How long a command waits for the daemon's answer.",
 )
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="Configuration file to read instead of /etc/vspfs/config.toml and "
+    "~/.config/vspfs/config.toml [env VSPFS_CONFIG; empty: none].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of internal errors.")
 @click.version_option(__version__, "--version", prog_name="vspfs")
 @click.pass_context
 def cli(
-    ctx: click.Context, socket_path: str | None, state_dir: str | None, timeout: float, verbose: bool
+    ctx: click.Context,
+    socket_path: str | None,
+    state_dir: str | None,
+    timeout: float,
+    config_file: str | None,
+    verbose: bool,
 ) -> None:
     """vspfs: point-in-time, copy-on-write snapshots of live volumes, shown as read-only drives.
 
@@ -200,7 +221,7 @@ def cli(
     """
     global _debug
     _debug = _debug or verbose
-    ctx.obj = Settings(socket_path, state_dir, timeout)
+    ctx.obj = Settings(socket_path, state_dir, timeout, _abs(config_file) if config_file else None)
 
 
 # --------------------------------------------------------------------- serve
@@ -251,7 +272,16 @@ def setup_logging(verbose: bool, log_file: str | None, as_json: bool) -> None:
     "cache_volumes",
     multiple=True,
     metavar="DIR",
-    help="A directory whose root may hold cache files (repeatable): the Cache File Volume List.",
+    help="A directory whose root may hold cache files (repeatable): the Cache File Volume List "
+    "[config: cache_volumes].",
+)
+@click.option(
+    "--exclude-volume",
+    "exclude_volumes",
+    multiple=True,
+    metavar="DIR",
+    help="A volume (or tree) that is never snapshotted (repeatable): the VSP Volume Exclude List "
+    "[config: exclude_volumes].",
 )
 @click.option(
     "--socket", "socket_path", metavar="PATH", help="Control socket (overrides the global --socket)."
@@ -263,6 +293,7 @@ def setup_logging(verbose: bool, log_file: str | None, as_json: bool) -> None:
 def serve(
     volumes: tuple[str, ...],
     cache_volumes: tuple[str, ...],
+    exclude_volumes: tuple[str, ...],
     socket_path: str | None,
     allow_other: bool,
     verbose: bool,
@@ -283,11 +314,15 @@ def serve(
     global _debug
     _debug = _debug or verbose
     specs = [VolumeSpec.parse(v) for v in volumes]
+    config = load_config()
     setup_logging(_debug, log_file, as_json)
     s = _settings()
+    caches = [_abs(c) for c in cache_volumes] or list(config.get(None, "cache_volumes"))
+    excludes = [_abs(e) for e in exclude_volumes] or list(config.get(None, "exclude_volumes"))
     return run(
         specs,
-        cache_volumes=[_abs(c) for c in cache_volumes],
+        cache_volumes=caches,
+        exclude_volumes=excludes,
         socket_path=_abs(socket_path) if socket_path else (_abs(s.socket) if s.socket else None),
         allow_other=allow_other,
         state_dir=_abs(s.state_dir) if s.state_dir else None,
@@ -310,9 +345,13 @@ def snapshot() -> None:
     metavar="DIR",
     help="Mount the snapshot read-only at DIR; with several volumes, at DIR/<volume name>.",
 )
-@click.option("--cache-size", metavar="SIZE", help="Initial cache file size (e.g. 64M, 1G, 5%).")
 @click.option(
-    "--max-cache-size", metavar="SIZE", help="Cache file maximum (e.g. 10G, 20%); unbounded if unset."
+    "--cache-size", metavar="SIZE", help="Initial cache file size (e.g. 64M, 1G, 5%) [default 16M]."
+)
+@click.option(
+    "--max-cache-size",
+    metavar="SIZE",
+    help="Cache file maximum (e.g. 10G, 20%, or none for unbounded) [default 20%].",
 )
 @click.option(
     "--policy",
@@ -332,13 +371,23 @@ def snapshot_create(
 
     A VOLUME is named by its backing path, its live-view path, its name or its id.
     """
+    from vspfs.config import check_size
+
+    config = load_config()
     args: dict[str, Any] = {
         "volumes": [_volume_arg(v) for v in volumes],
         "mount": _abs(mount_dir) if mount_dir else None,
+        "policy": policy or config.get("snapshot", "policy"),
+        "volume_options": config.volume_options(),
     }
-    for key, value in (("cache_size", cache_size), ("max_cache_size", max_cache_size), ("policy", policy)):
-        if value is not None:
-            args[key] = value
+    for key, value in (("cache_size", cache_size), ("max_cache_size", max_cache_size)):
+        if value is None:
+            args[key] = config.get("snapshot", key)
+            continue
+        try:
+            args[key] = check_size(value, allow_none=key == "max_cache_size")
+        except ValueError as exc:
+            raise UsageError(f"--{key.replace('_', '-')} {exc}") from None
     result = call_daemon("snapshot.create", args)
 
     def human(data: dict[str, Any]) -> None:
@@ -590,6 +639,19 @@ def cleanup_cmd(volumes: tuple[str, ...], as_json: bool) -> None:
             click.echo("nothing to clean up")
 
     emit(result, as_json, human)
+
+
+# ------------------------------------------------------------ backup, changes
+
+
+def _add_backup_commands() -> None:
+    from vspfs.backup import backup_cmd, changes_cmd
+
+    cli.add_command(backup_cmd)
+    cli.add_command(changes_cmd)
+
+
+_add_backup_commands()
 
 
 # ---------------------------------------------------------------------- main
