@@ -147,14 +147,16 @@ def main() -> int:
         say("5. Back up the virtual drive with tar while a writer keeps changing the live volume")
         stop = threading.Event()
 
-        def writer() -> None:
+        def writer(name: str, pause: float) -> None:
             n = 0
             while not stop.is_set():
-                with open(os.path.join(live, "app.log"), "a") as f:
+                with open(os.path.join(live, name), "a") as f:
                     f.write(f"busy line {n}\n")
                 n += 1
+                if pause and n % 200 == 0:
+                    stop.wait(pause)
 
-        t = threading.Thread(target=writer, daemon=True)
+        t = threading.Thread(target=writer, args=("app.log", 0), daemon=True)
         t.start()
         archive = os.path.join(work, "backup.tar")
         subprocess.run(["tar", "-C", drive, "-cf", archive, "."], check=True, timeout=120)
@@ -167,15 +169,47 @@ def main() -> int:
         if tree(restored) != before:
             raise SystemExit("demo: FAILED: the backup differs from the snapshot")
         print(f"$ tar -C {drive} -cf {archive} .")
-        print(
-            f"OK: {os.path.getsize(archive)} bytes archived; restored tree equals the volume at snapshot time"
-        )
+        size = os.path.getsize(archive)
+        print(f"OK: {size} bytes archived; restored tree equals the volume at snapshot time")
 
         say("6. Snapshot status: what the cache file holds")
         run("status", snap_id, env=env)
 
-        say("7. Destroy the snapshot and stop the daemon: nothing is left behind")
         run("destroy", snap_id, env=env)
+
+        say("7. The whole job in one command: vspfs backup (quiet period, snapshot, drive, tar, cleanup)")
+        stop.clear()
+        t = threading.Thread(target=writer, args=("busy.log", 1.5), daemon=True)
+        t.start()  # bursts of writes with pauses: the snapshot lands in a gap
+        job_archive = os.path.join(work, "job.tar")
+        run(
+            "backup",
+            live,
+            "--busy-file-wait",
+            "0.5",
+            "--busy-file-timeout",
+            "60",
+            "--",
+            "tar",
+            "-C",
+            "{drive}",
+            "-cf",
+            job_archive,
+            ".",
+            env=env,
+        )
+        stop.set()
+        t.join(10)
+        with tarfile.open(job_archive) as tf:
+            names = {m.name.removeprefix("./") for m in tf.getmembers()}
+            saved = tf.extractfile("./busy.log").read().decode()  # type: ignore[union-attr]
+        with open(os.path.join(live, "busy.log")) as f:
+            now = f.read()
+        if "new-file.txt" not in names or not now.startswith(saved) or not saved.endswith("\n"):
+            raise SystemExit("demo: FAILED: the job's archive is not a point-in-time copy")
+        print(f"OK: the archive holds busy.log as it was at one instant ({saved.count(chr(10))} whole lines)")
+
+        say("8. Stop the daemon: nothing is left behind")
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
         leftovers = [n for n in os.listdir(cache) if n.startswith("VSP_")]
