@@ -1109,16 +1109,39 @@ class MountHandle:
             self._ended.wait(min(0.02, remaining))
 
     def _after_ready(self) -> None:
-        """A larger readahead for the connection's bdi (best effort: root only)."""
+        """A larger readahead for the connection's bdi (best effort: root only),
+        and the suid/dev flags the options asked for."""
         if self._tuned or self._mount is None:
             return
         self._tuned = True
+        self._restore_flags()
         path = f"/sys/class/bdi/{self._mount['dev']}/read_ahead_kb"
         try:
             with open(path, "w", encoding="ascii") as f:
                 f.write(str(READAHEAD_KB))
         except OSError as exc:
             log.debug("could not raise the readahead of %s (%s): %s", self.mountpoint, path, exc)
+
+    def _restore_flags(self) -> None:
+        """With auto_unmount, libfuse mounts through fusermount3, which only
+        hears the flags that are on (nosuid, nodev...) and applies its default
+        MS_NOSUID|MS_NODEV: a live view would stop device nodes and set-ID
+        programs from working. Root asks for them again on the mount itself."""
+        wanted = [flag for flag in ("suid", "dev") if self.options.get(flag)]
+        if not wanted or os.geteuid() != 0:
+            return
+        if self.options.get("noexec"):
+            wanted.append("noexec")
+        cmd = ["mount", "-o", ",".join(["remount", "bind", *wanted]), self.mountpoint]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("could not restore %s on %s: %s", ",".join(wanted), self.mountpoint, exc)
+            return
+        if proc.returncode != 0:
+            log.warning(
+                "could not restore %s on %s: %s", ",".join(wanted), self.mountpoint, proc.stderr.strip()
+            )
 
     # -- unmount
 

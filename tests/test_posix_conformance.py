@@ -42,16 +42,9 @@ CHECKS = list(posix_battery.CHECKS)
 #: stop (then remove the entry). Only for differences that show on every
 #: Linux file system. Four that the battery found are already fixed (open
 #: O_RDONLY|O_TRUNC, paths deeper than PATH_MAX, times equal to the UTIME
-#: markers, atime moved by preservation reads; docs/conformance.md).
-NOSUID_NODEV = (
-    "the live view is mounted nosuid,nodev although live_options asks for suid,dev: with "
-    "auto_unmount libfuse mounts through fusermount3 and its get_mnt_flag_opts forwards only "
-    "the 'on' flags (nosuid, nodev...), so fusermount3 applies its default MS_NOSUID|MS_NODEV"
-)
-BUGS: dict[str, str] = {
-    "device_nodes_work": NOSUID_NODEV,
-    "setid_programs_run_setid": NOSUID_NODEV,
-}
+#: markers, atime moved by preservation reads, the live view mounted
+#: nosuid,nodev; docs/conformance.md).
+BUGS: dict[str, str] = {}
 #: the same, only with an active snapshot
 SNAPSHOT_BUGS: dict[str, str] = {}
 
