@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import click
 
 from vspfs import __version__
+from vspfs.backup import size_text
 from vspfs.errors import DaemonNotRunning, UsageError, VspError
 
 # Exit codes (docs/cli.md). Domain errors carry their own ``exit_code``; these
@@ -134,14 +135,7 @@ def _volume_arg(name: str) -> str:
 
 def _size(n: object) -> str:
     """Human size in binary units (exact bytes stay in --json)."""
-    if not isinstance(n, int) or isinstance(n, bool):
-        return "-" if n is None else str(n)
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return size_text(n)
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
