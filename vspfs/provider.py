@@ -181,14 +181,14 @@ class Provider:
             for w in wanted:
                 if not os.path.isdir(w):
                     raise UsageError(f"cache volume {w} is not a directory: create it or name another")
-            candidates = [_real(w) for w in wanted]
+            candidates = [self._through_backing(_real(w)) for w in wanted]
             wanted = None if len(candidates) != 1 else candidates[0]
             if not candidates:
                 raise UsageError("the cache file volume list is empty: name at least one directory")
         elif wanted is not None:
-            candidates = [_real(wanted)]
+            candidates = [self._through_backing(_real(wanted))]
         elif self.cache_volumes:
-            candidates = list(self.cache_volumes)
+            candidates = [self._through_backing(c) for c in self.cache_volumes]
         else:
             candidates = [v.backing for v in self._volumes] + [self.state_dir]
         eligible = []
@@ -390,6 +390,17 @@ class Provider:
             for vol in self._volumes:
                 vol.close()
             self._volumes.clear()
+
+    def _through_backing(self, path: str) -> str:
+        """A cache-volume path named through a live view (``/mnt/data/x`` where
+        /mnt/data shows backing /srv/data) as the backing path (``/srv/data/x``),
+        so that the VSP rules see which volume it is on and the daemon never
+        writes a cache file through its own mount."""
+        for v in self._volumes:
+            mp = v.mountpoint and _real(v.mountpoint)
+            if mp and mp != v.backing and _inside(path, mp):
+                return v.backing + path[len(mp) :]
+        return path
 
 
 def cleanup_directory(display: str, where: str, report: CleanupReport) -> None:
