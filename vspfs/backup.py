@@ -676,6 +676,35 @@ def _why(exc: BaseException | None) -> str:
 # ---------------------------------------------------------------------- click
 
 
+@dataclass
+class _Globals:
+    socket: str | None = None
+    config: str | None = None
+    timeout: float = 120.0
+
+
+def _group_settings(ctx: click.Context) -> _Globals:
+    """The `vspfs` group's options (--socket, --config, --timeout).
+
+    Read from the root context's object by attribute, not through vspfs.cli:
+    under ``python -m vspfs.cli`` that module runs as ``__main__``, and
+    importing it again would make a second, unconfigured copy.
+    """
+    obj = ctx.find_root().obj
+    return _Globals(
+        socket=getattr(obj, "socket", None),
+        config=getattr(obj, "config", None),
+        timeout=getattr(obj, "timeout", 120.0),
+    )
+
+
+def _volume_arg(name: str) -> str:
+    """A VOLUME as sent to the daemon: a path made absolute, a bare name or id as is."""
+    if "/" in name or os.path.exists(name) or name in (".", ".."):
+        return os.path.abspath(os.path.expanduser(name))
+    return name
+
+
 class _BackupCommand(click.Command):
     """Everything after ``--`` is the backup command, kept apart from VOLUME arguments."""
 
@@ -787,13 +816,11 @@ def backup_cmd(
     Example:
       vspfs backup /srv/data --busy-file-wait 1 -- tar -C {drive} -cf /backup/data.tar .
     """
-    from vspfs.cli import _settings, _volume_arg
-
     argv = list(ctx.meta.get("vspfs.command") or [])
     names = list(volumes)
     check_command(argv, names)
-    settings = _settings()
-    config = config_mod.load(getattr(settings, "config", None))
+    settings = _group_settings(ctx)
+    config = config_mod.load(settings.config)
     options = resolve_options(
         {
             "busy_file_wait": busy_file_wait,
@@ -810,7 +837,7 @@ def backup_cmd(
     )
     if report_file is not None:
         report_file = os.path.abspath(report_file)
-    wire_names = [_volume_arg(v) for v in names]
+    wire_names = [_volume_arg(v) for v in names]  # the daemon does not share our cwd
     run = BackupRun(
         wire_names,
         argv,
@@ -850,8 +877,9 @@ def changes_cmd(snapshot_id: str, as_json: bool) -> None:
     the list an incremental backup needs. Human output is one line per path:
     A (created), M (modified), D (deleted), R OLD -> NEW (renamed).
     """
-    from vspfs.cli import call_daemon
+    from vspfs.control import request
 
+    settings = _group_settings(click.get_current_context())
     args: dict[str, Any] = {"snapshot": snapshot_id}
     out: dict[str, Any] = {
         "snapshot": snapshot_id,
@@ -861,7 +889,7 @@ def changes_cmd(snapshot_id: str, as_json: bool) -> None:
         "renamed": [],
     }
     while True:
-        page = call_daemon("changes", args)
+        page = request("changes", args, socket_path=settings.socket, timeout=settings.timeout)
         for item in page.get("items") or []:
             if item[0] == "renamed":
                 out["renamed"].append({"from": item[1], "to": item[2]})

@@ -149,6 +149,7 @@ class JobVolume:
             "state": st.get("state"),
             "invalid_reason": st.get("invalid_reason"),
             "created": st.get("created"),
+            "created_ns": st.get("created_ns"),
             "cache_file": st.get("cache_file"),
             "cache_bytes": st.get("cache_bytes"),
             "cache_allocated": st.get("cache_allocated"),
