@@ -8,16 +8,20 @@ Each file that has preserved chunks gets two representations side by side:
 
 - *dense pages*: ``array('q')`` pages of PAGE offsets, keyed by page number.
   A full page costs ~9 bytes per chunk, which is what sequential changes get.
-- a *sparse part*: sorted chunk numbers with their offsets in parallel
-  ``array('q')`` pairs, cut into segments of at most SEGMENT_MAX entries
-  (a small B-tree of depth one: a ``fences`` list of each segment's lowest
-  key, and the segments). ~17 bytes per chunk however scattered the chunks
-  are: random writes over a large file (VM images, databases) would cost a
-  whole ~600-byte page per isolated chunk with pages alone.
+- a *sparse part*: sorted chunk numbers with their offsets, cut into
+  segments of at most SEGMENT_MAX entries (a small B-tree of depth one: a
+  ``fences`` list of each segment's lowest key, and the segments). A segment
+  is one ``array('q')``: its n chunk numbers, then their n offsets, so a
+  lookup is one ``bisect`` over the first half. ~17 bytes per chunk however
+  scattered the chunks are: random writes over a large file (VM images,
+  databases) would cost a whole ~600-byte page per isolated chunk with pages
+  alone.
 
 A chunk goes to the sparse part unless its page exists; once PROMOTE entries
 of one page are in the sparse part, they move to a new dense page. So a page
-is only ever built when it is at least half full (<= ~20 bytes per chunk).
+is only ever built when it is at least half full (<= ~20 bytes per chunk),
+with one exception for sequential writes: the page after a full page is built
+at its first chunk (at most one page that may stay sparse per run of writes).
 
 Thread safety. Writers (``put``) hold the index's own lock, which no reader
 takes: a live writer never waits on a snapshot reader. Readers take no lock
@@ -25,16 +29,14 @@ and need two properties: a lookup never returns a wrong offset, and a lookup
 that *starts* after a ``put`` returned finds that entry (the live view
 publishes before it writes the live file, and a reader re-checks the index
 after its live read; DESIGN.md, "Ordering"). Shifting elements of a sorted
-array in place would break both (a reader between the insert into the chunk
-array and the insert into the offset array would pair a chunk with its
-neighbour's offset, and a reader bisecting during a shift could miss an old
-entry), so the sparse part is copy-on-write:
+array in place would break both (a reader between the shift of the chunk
+numbers and that of the offsets would pair a chunk with its neighbour's
+offset, and a reader bisecting during a shift could miss an old entry), so
+the sparse part is copy-on-write:
 
-- a segment is a ``(chunks, offsets)`` tuple that is only ever changed by
-  appending at its end (the offset first, then the chunk number: a reader
-  sees a chunk number only once its offset is there); any other insert
-  builds a new tuple and stores it into the segment list (one atomic item
-  store), so nothing a reader may be bisecting ever shifts;
+- a segment array is never changed once a reader can see it: an insert
+  builds a new array and stores it into the segment list (one atomic item
+  store);
 - a split builds a new fences list and a new segment list and publishes both
   as one ``(fences, segments)`` tuple (one atomic attribute store). A reader
   holding the old tuple still sees every entry published before the split;
@@ -59,19 +61,20 @@ _EMPTY_PAGE = array("q", bytes(8 * PAGE))
 #: about as much as its entries did in the sparse part
 PROMOTE = PAGE // 2
 #: entries of a sparse segment before it is split in two; an insert copies one
-#: segment (2 x 8 bytes per entry), a segment costs ~200 bytes of overhead
+#: segment (2 x 8 bytes per entry), a segment costs ~100 bytes of overhead
 SEGMENT_MAX = 256
 _LOWEST = -(1 << 63)
 #: the pages of a file that has none yet (shared, never mutated)
 _NO_PAGES: dict[int, array] = {}
 
 
-def _sparse_find(sparse: tuple[list[int], list[tuple[array, array]]], chunk: int) -> int:
+def _sparse_find(sparse: tuple[list[int], list[array]], chunk: int) -> int:
     fences, segments = sparse
-    keys, offsets = segments[bisect_right(fences, chunk) - 1]
-    i = bisect_left(keys, chunk)
-    if i < len(keys) and keys[i] == chunk:
-        return offsets[i]
+    seg = segments[bisect_right(fences, chunk) - 1]
+    n = len(seg) >> 1
+    i = bisect_left(seg, chunk, 0, n)
+    if i < n and seg[i] == chunk:
+        return seg[n + i]
     return 0
 
 
@@ -82,7 +85,7 @@ class _File:
 
     def __init__(self) -> None:
         self.pages: dict[int, array] = _NO_PAGES
-        self.sparse: tuple[list[int], list[tuple[array, array]]] = ([_LOWEST], [(array("q"), array("q"))])
+        self.sparse: tuple[list[int], list[array]] = ([_LOWEST], [array("q")])
 
     def get(self, chunk: int) -> int:
         page = self.pages.get(chunk >> PAGE_BITS)
@@ -100,7 +103,8 @@ class _File:
     def put(self, chunk: int, offset: int) -> bool:
         """Store unless present; True if stored."""
         key = chunk >> PAGE_BITS
-        page = self.pages.get(key)
+        pages = self.pages
+        page = pages.get(key)
         if page is not None:
             if page[chunk & _MASK]:
                 return False
@@ -108,36 +112,37 @@ class _File:
             return True
         fences, segments = self.sparse
         j = bisect_right(fences, chunk) - 1
-        keys, offsets = segments[j]
-        i = bisect_left(keys, chunk)
-        if i < len(keys) and keys[i] == chunk:
+        seg = segments[j]
+        n = len(seg) >> 1
+        i = bisect_left(seg, chunk, 0, n)
+        if i < n and seg[i] == chunk:
             return False
+        before = pages.get(key - 1)
+        if before is not None and 0 not in before:
+            # a sequential run goes on: its next page, from its first chunk
+            self._promote(key, chunk, offset)
+            return True
         lo = key << PAGE_BITS
         if fences[j] <= lo and (j + 1 == len(fences) or lo + PAGE <= fences[j + 1]):
-            in_page = bisect_left(keys, lo + PAGE) - bisect_left(keys, lo)  # one segment holds the page
+            in_page = bisect_left(seg, lo + PAGE, 0, n) - bisect_left(seg, lo, 0, n)  # one segment
         else:
             in_page = sum(b - a for _j, a, b in self._segments_of(lo, lo + PAGE))
         if in_page + 1 >= PROMOTE:
             self._promote(key, chunk, offset)
             return True
-        if i == len(keys) < SEGMENT_MAX:
-            # appending cannot mislead a reader of this very segment: the offset
-            # goes in first, so a chunk number is never seen without its offset
-            offsets.append(offset)
-            keys.append(chunk)
+        new = seg[:]
+        new.insert(n + i, offset)
+        new.insert(i, chunk)
+        if n < SEGMENT_MAX:
+            segments[j] = new
             return True
-        new_keys = keys[:]
-        new_keys.insert(i, chunk)
-        new_offsets = offsets[:]
-        new_offsets.insert(i, offset)
-        if len(new_keys) <= SEGMENT_MAX:
-            segments[j] = (new_keys, new_offsets)
-            return True
-        mid = len(new_keys) // 2
-        split = [(new_keys[:mid], new_offsets[:mid]), (new_keys[mid:], new_offsets[mid:])]
+        half = (n + 1) // 2
+        n += 1
+        left = new[:half] + new[n : n + half]
+        right = new[half:n] + new[n + half :]
         self.sparse = (
-            [*fences[: j + 1], new_keys[mid], *fences[j + 1 :]],
-            segments[:j] + split + segments[j + 1 :],
+            [*fences[: j + 1], new[half], *fences[j + 1 :]],
+            [*segments[:j], left, right, *segments[j + 1 :]],
         )
         return True
 
@@ -147,16 +152,13 @@ class _File:
         out = []
         j = bisect_right(fences, lo) - 1
         while j < len(segments) and fences[j] < hi:
-            keys = segments[j][0]
-            a, b = bisect_left(keys, lo), bisect_left(keys, hi)
+            seg = segments[j]
+            n = len(seg) >> 1
+            a, b = bisect_left(seg, lo, 0, n), bisect_left(seg, hi, 0, n)
             if b > a:
                 out.append((j, a, b))
             j += 1
         return out
-
-    def _page_entries(self, key: int) -> int:
-        lo = key << PAGE_BITS
-        return sum(b - a for _j, a, b in self._segments_of(lo, lo + PAGE))
 
     def _promote(self, key: int, chunk: int, offset: int) -> None:
         """Move the sparse entries of page ``key`` (and the new one) to a dense page."""
@@ -166,9 +168,10 @@ class _File:
         page = array("q", _EMPTY_PAGE)
         page[chunk & _MASK] = offset
         for j, a, b in where:
-            keys, offsets = segments[j]
-            for n in range(a, b):
-                page[keys[n] & _MASK] = offsets[n]
+            seg = segments[j]
+            n = len(seg) >> 1
+            for k in range(a, b):
+                page[seg[k] & _MASK] = seg[n + k]
         # publish the page first: a reader that then misses in the sparse part
         # looks at the pages again
         if self.pages is _NO_PAGES:
@@ -176,8 +179,9 @@ class _File:
         else:
             self.pages[key] = page
         for j, a, b in where:
-            keys, offsets = segments[j]
-            segments[j] = (keys[:a] + keys[b:], offsets[:a] + offsets[b:])
+            seg = segments[j]
+            n = len(seg) >> 1
+            segments[j] = seg[:a] + seg[b : n + a] + seg[n + b :]
 
     # -- reporting -----------------------------------------------------------------
 
@@ -186,17 +190,16 @@ class _File:
         for key, page in self.pages.items():
             base = key << PAGE_BITS
             out.extend((base + i, off) for i, off in enumerate(page) if off)
-        for keys, offsets in self.sparse[1]:
-            out.extend(zip(keys, offsets, strict=True))
+        for seg in self.sparse[1]:
+            n = len(seg) >> 1
+            out.extend(zip(seg[:n], seg[n:], strict=True))
         out.sort()
         return out
 
     def memory_bytes(self) -> int:
         fences, segments = self.sparse
         total = sys.getsizeof(self) + sys.getsizeof(self.sparse) + sys.getsizeof(fences)
-        total += sys.getsizeof(segments)
-        for seg in segments:
-            total += sys.getsizeof(seg) + sys.getsizeof(seg[0]) + sys.getsizeof(seg[1])
+        total += sys.getsizeof(segments) + sum(sys.getsizeof(seg) for seg in segments)
         if self.pages is not _NO_PAGES:
             total += sys.getsizeof(self.pages)
             total += sum(sys.getsizeof(page) for page in self.pages.values())
@@ -240,10 +243,11 @@ class ChunkIndex:
             # sparse: chunk numbers are sorted and unique, so the range is all
             # there if it starts at i and stop - 1 sits where it must
             fences, segments = f.sparse
-            keys = segments[bisect_right(fences, first) - 1][0]
-            i = bisect_left(keys, first)
+            seg = segments[bisect_right(fences, first) - 1]
+            n = len(seg) >> 1
+            i = bisect_left(seg, first, 0, n)
             last = i + stop - first - 1
-            if last < len(keys) and keys[last] == stop - 1 and keys[i] == first:
+            if last < n and seg[last] == stop - 1 and seg[i] == first:
                 return True
         chunk = first
         while chunk < stop:
@@ -262,7 +266,18 @@ class ChunkIndex:
 
     def put(self, ino: int, chunk: int, offset: int) -> None:
         """Publish a preserved chunk. First copy wins: an existing entry is kept."""
-        self.put_many(ino, [(chunk, offset)])
+        if offset <= 0:
+            raise ValueError(f"chunk offset {offset} cannot be a cache file data offset")
+        with self._lock:
+            f = self._files.get(ino)
+            if f is None:
+                f = _File()
+                stored = f.put(chunk, offset)
+                self._files[ino] = f  # published whole
+            else:
+                stored = f.put(chunk, offset)
+            if stored:
+                self.count += 1
 
     def put_many(self, ino: int, entries: list[tuple[int, int]]) -> None:
         """:meth:`put` for several (chunk, offset) pairs of one file, taking
