@@ -191,6 +191,13 @@ def test_never_pausing_writer_times_out_then_continues_or_aborts() -> None:
                 env, [env.live], ["touch", marker], "--on-timeout", "continue", glob=("--config", cfg)
             )
             assert done.returncode == 11 and os.path.exists(marker), done.stderr
+
+            # `snapshot create` waits for a quiet period only when asked, and then gives up with 12
+            quiet = ("--busy-file-wait", "0.5", "--busy-file-timeout", "1")
+            done = env.run("snapshot", "create", env.live, *quiet)
+            assert done.returncode == 12 and "no quiet period of 0.5 s" in done.stderr, done.stderr
+            (snap,) = env.json("snapshot", "create", env.live)["snapshots"]
+            env.json("destroy", snap["id"])
         finally:
             Path(stop).touch()
             writer.wait(timeout=30)
@@ -231,7 +238,7 @@ def test_bursty_writer_snapshot_lands_in_a_gap() -> None:
             wait_until(lambda: os.path.exists(log) and len(writes()) >= 3, 30, "a burst")
             done, rep = backup(
                 env, [env.live], ["cp", "{drive}/counter", seen], "--busy-file-wait", str(wait),
-                "--busy-file-timeout", "20",
+                "--busy-file-timeout", "20", "--progress",
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
             created = rep["volumes"][0]["created_ns"]
@@ -242,6 +249,7 @@ def test_bursty_writer_snapshot_lands_in_a_gap() -> None:
             writer.wait(timeout=30)
         q = rep["quiet_period"]
         assert q["found"] is True and q["quiet_for_s"] >= wait and q["waited_s"] > 0.05, q
+        assert "\x1b[Kvspfs backup: waiting for 0.6 s without writes" in done.stderr  # --progress
         before = [w for w in writes() if w[1] < created]
         assert before, "the snapshot came before any write"
         # no write was in flight or done within the quiet period before the snapshot ...
@@ -639,6 +647,9 @@ def test_configuration_errors_stop_the_job_before_it_starts() -> None:
             lines = done.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith(f"vspfs: error: config file {cfg}"), done.stderr
             assert key in lines[0], lines[0]
+        done = env.run("backup", os.path.join(env.base, "cache"), "--", "true")
+        assert done.returncode == 2 and "is not a served volume" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert env.cache_files() == [] and env.json("list")["snapshots"] == []
 
 
@@ -679,4 +690,12 @@ def test_changes_since_a_snapshot() -> None:
         assert "R src/pkg -> pkg" in human
         done = env.run("changes", "no-such-snapshot")
         assert done.returncode == 2 and "no snapshot" in done.stderr
+
+        # more than one control message of changes: the client pages through them
+        os.mkdir(os.path.join(root, "many"))
+        names = {f"many/{i:05d}-" + "n" * 150 for i in range(2000)}
+        for name in names:
+            os.mknod(os.path.join(root, name))
+        got = env.json("changes", snap["id"])
+        assert set(got["created"]) == {"many", *names, "new", "new/sub", "new/sub/file"}
         env.json("destroy", snap["id"])

@@ -246,6 +246,20 @@ def test_backup_usage_needs_the_command_after_dashes(capsys: pytest.CaptureFixtu
     assert "--json" in CliRunner().invoke(cli, ["changes", "--help"]).output
 
 
+def test_no_daemon_is_one_line_and_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VSPFS_SOCKET", str(tmp_path / "none.sock"))
+    monkeypatch.setenv("VSPFS_CONFIG", "")
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as info:
+        main(["backup", str(tmp_path), "--", "true"])
+    assert info.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no vspfs daemon is running" in err[0]
+    assert signal.getsignal(signal.SIGINT) is handler  # the job's signal handlers are gone again
+
+
 # ------------------------------------------------------------- exit status
 
 

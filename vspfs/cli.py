@@ -352,6 +352,19 @@ def snapshot() -> None:
     type=click.Choice(["invalidate", "refuse-writes"]),
     help="When the cache is full: invalidate the snapshot (default) or refuse live writes.",
 )
+@click.option(
+    "--busy-file-wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="First wait until the volumes have had no write for SECONDS [default 0: at once].",
+)
+@click.option(
+    "--busy-file-timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Longest wait for that quiet period; then exit 12 [default 300, config backup.busy_file_timeout].",
+)
 @json_option
 def snapshot_create(
     volumes: tuple[str, ...],
@@ -359,6 +372,8 @@ def snapshot_create(
     cache_size: str | None,
     max_cache_size: str | None,
     policy: str | None,
+    busy_file_wait: float,
+    busy_file_timeout: float | None,
     as_json: bool,
 ) -> None:
     """Snapshot each VOLUME (several at once form one atomic set).
@@ -373,6 +388,10 @@ def snapshot_create(
         "mount": _abs(mount_dir) if mount_dir else None,
         "policy": policy or config.get("snapshot", "policy"),
         "volume_options": config.volume_options(),
+        "busy_file_wait": busy_file_wait,
+        "busy_file_timeout": (
+            busy_file_timeout if busy_file_timeout is not None else config.get("backup", "busy_file_timeout")
+        ),
     }
     for key, value in (("cache_size", cache_size), ("max_cache_size", max_cache_size)):
         if value is None:
@@ -382,7 +401,8 @@ def snapshot_create(
             args[key] = check_size(value, allow_none=key == "max_cache_size")
         except ValueError as exc:
             raise UsageError(f"--{key.replace('_', '-')} {exc}") from None
-    result = call_daemon("snapshot.create", args)
+    wait = _settings().timeout + (args["busy_file_timeout"] if busy_file_wait > 0 else 0)
+    result = call_daemon("snapshot.create", args, timeout=wait)
 
     def human(data: dict[str, Any]) -> None:
         for snap in data.get("snapshots", []):

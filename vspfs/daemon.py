@@ -458,9 +458,10 @@ class Daemon:
             "job.finish": self._op_job_finish,
         }
         #: requests that do not hold the daemon lock for their whole run: a backup
-        #: job lasts as long as its command, and `changes` may walk a large tree;
-        #: they take the lock themselves for each step that needs it
-        self._unlocked_ops = {"job.start", "job.status", "job.finish", "changes"}
+        #: job lasts as long as its command, a snapshot may wait for a quiet period,
+        #: and `changes` may walk a large tree; they take the lock for each step
+        #: that needs it
+        self._unlocked_ops = {"job.start", "job.status", "job.finish", "changes", "snapshot.create"}
         self.jobs = JobManager(self)
         self._changes: dict[str, tuple[float, str, list[list[str]]]] = {}  # token -> (expiry, snap, items)
 
@@ -1140,7 +1141,11 @@ class Daemon:
         }
 
     def _op_snapshot_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Snapshot one volume, or several as one atomic set; optionally mount them."""
+        """Snapshot one volume, or several as one atomic set, after an optional quiet
+        period; optionally mount them."""
+        from vspfs.control import client_gone
+        from vspfs.jobs import when_quiet
+
         assert self.provider is not None
         names = _str_list(args, "volumes")
         if not names:
@@ -1185,22 +1190,38 @@ class Daemon:
             value = _opt_str(args, key)
             if value is not None:
                 kwargs[key] = value
-        snaps = self.provider.create_snapshot_set(vols, **kwargs)  # the provider logs each one
-        mounted: dict[str, str] = {}
-        try:
-            for snap, target in zip(snaps, targets, strict=True):
-                if target is not None:
-                    mounted[snap.id] = self._mount_drive(snap, target).path
-        except BaseException:
-            for snap in snaps:
+        wait, timeout = args.get("busy_file_wait") or 0, args.get("busy_file_timeout", 300)
+        for key, value in (("busy-file-wait", wait), ("busy-file-timeout", timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+                raise UsageError(f"{key} must be a number of seconds >= 0")
+
+        def take(check: Callable[[], None] | None) -> dict[str, Any]:
+            assert self.provider is not None
+            with self._lock:
+                if self._stopping:
+                    raise DaemonNotRunning("the vspfs daemon is shutting down")
+                snaps = self.provider.create_snapshot_set(vols, under_hold=check, **kwargs)  # logs each
+                mounted: dict[str, str] = {}
                 try:
-                    self._destroy_one(snap.id)
-                except Exception as exc:
-                    log.error("could not roll back snapshot %s: %s", snap.id, exc)
-            raise
-        return {
-            "snapshots": [{**self.snapshot_status(s), "mount": mounted.get(s.id)} for s in snaps],
-        }
+                    for snap, target in zip(snaps, targets, strict=True):
+                        if target is not None:
+                            mounted[snap.id] = self._mount_drive(snap, target).path
+                except BaseException:
+                    for snap in snaps:
+                        try:
+                            self._destroy_one(snap.id)
+                        except Exception as exc:
+                            log.error("could not roll back snapshot %s: %s", snap.id, exc)
+                    raise
+                return {
+                    "snapshots": [{**self.snapshot_status(s), "mount": mounted.get(s.id)} for s in snaps],
+                }
+
+        # the quiet period is waited for outside the daemon lock: other requests go on meanwhile
+        def stop() -> bool:
+            return self.stopping or client_gone()
+
+        return when_quiet(vols, float(wait), float(timeout), take, stop=stop)
 
     def _op_mount(self, args: dict[str, Any]) -> dict[str, Any]:
         snap = self._snapshot(_req_str(args, "snapshot"))

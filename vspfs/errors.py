@@ -96,3 +96,9 @@ class MountError(VspError):
     """A mount could not be made or removed (busy mountpoint, no fusermount3...)."""
 
     exit_code = 8
+
+
+class QuietPeriodTimeout(VspError):
+    """No quiet period (no write for Busy File Wait seconds) came within Busy File Timeout."""
+
+    exit_code = 12

@@ -37,13 +37,14 @@ import stat as statmod
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vspfs.control import client_gone
 from vspfs.databases import DatabaseHint, detect
-from vspfs.errors import DaemonNotRunning, UsageError, VspError
+from vspfs.errors import DaemonNotRunning, QuietPeriodTimeout, UsageError, VspError
 
 if TYPE_CHECKING:
     from vspfs.daemon import Daemon
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from vspfs.volume import Volume
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: how often a job looks at its volumes, its client and its snapshots (seconds)
 TICK = 0.05
@@ -74,8 +77,62 @@ SNAPSHOT_ERROR = "snapshot-error"  # --on-error abort
 FAILED = "failed"  # an unexpected error in the daemon (a bug: its log has the traceback)
 
 
-class _NotQuiet(Exception):
+class NotQuiet(Exception):
     """A write came in between the quiet-period check and the write hold: try again."""
+
+
+Seen = list[tuple[int, int]]
+
+
+def quiet_state(vols: list[Volume]) -> tuple[float, Seen]:
+    """(seconds since the last change on any of ``vols``, what was seen) from the live views' stamps."""
+    now = time.monotonic_ns()
+    seen = [(v.last_change_ns, v.change_count) for v in vols]
+    return max(0.0, min((now - last) / 1e9 for last, _ in seen)), seen
+
+
+def still_quiet(vols: list[Volume], seen: Seen) -> Callable[[], None]:
+    """An ``under_hold`` check: NotQuiet if any volume changed since ``seen``."""
+
+    def check() -> None:
+        for v, before in zip(vols, seen, strict=True):
+            if (v.last_change_ns, v.change_count) != before:
+                raise NotQuiet
+
+    return check
+
+
+def when_quiet(
+    vols: list[Volume],
+    wait: float,
+    timeout: float,
+    take: Callable[[Callable[[], None] | None], T],
+    *,
+    stop: Callable[[], bool] = lambda: False,
+) -> T:
+    """``take(check)`` once none of ``vols`` changed for ``wait`` seconds (``check``
+    re-verifies that under the write hold); QuietPeriodTimeout after ``timeout``.
+    Used by `vspfs snapshot create --busy-file-wait`; backup jobs run the same
+    steps with their own bookkeeping."""
+    if wait <= 0:
+        return take(None)
+    t0 = time.monotonic()
+    while True:
+        if stop():
+            raise DaemonNotRunning("the request was abandoned: the client left or the daemon is stopping")
+        quiet, seen = quiet_state(vols)
+        waited = time.monotonic() - t0
+        if quiet >= wait:
+            try:
+                return take(still_quiet(vols, seen))
+            except NotQuiet:
+                continue
+        if waited >= timeout:
+            raise QuietPeriodTimeout(
+                f"no quiet period of {wait:g} s on {', '.join(v.backing for v in vols)} within "
+                f"{timeout:g} s: writes kept coming; retry later or give a shorter --busy-file-wait"
+            )
+        time.sleep(min(max(wait - quiet, 0.005), TICK, max(0.005, timeout - waited)))
 
 
 def _utc(ns: int) -> str:
@@ -306,17 +363,15 @@ class Job:
             stop = self._should_stop()
             if stop is not None:
                 return stop
-            now = time.monotonic_ns()
-            seen = [(v.volume.last_change_ns, v.volume.change_count) for v in vols]
-            quiet = min((now - last) / 1e9 for last, _ in seen)
-            self.quiet_for = max(0.0, quiet)
+            quiet, seen = quiet_state([v.volume for v in vols])
+            self.quiet_for = quiet
             self.quiet_waited = time.monotonic() - self._t0
             if self.busy_file_wait <= 0 or quiet >= self.busy_file_wait:
                 self.quiet_found = True
                 self.phase = "snapshot"
                 try:
                     self._snapshot(vols, seen if self.busy_file_wait > 0 else None)
-                except _NotQuiet:
+                except NotQuiet:
                     self.quiet_retries += 1
                     self.phase = "quiet"
                     continue
@@ -340,17 +395,10 @@ class Job:
             left = self.busy_file_wait - quiet
             time.sleep(min(max(left, 0.005), TICK, max(0.005, self.busy_file_timeout - self.quiet_waited)))
 
-    def _snapshot(self, vols: list[JobVolume], seen: list[tuple[int, int]] | None) -> None:
+    def _snapshot(self, vols: list[JobVolume], seen: Seen | None) -> None:
         """Take the set and mount its drives; on failure record why (see _after_snapshot_error)."""
         daemon = self.manager.daemon
-
-        def still_quiet() -> None:
-            if seen is None:
-                return
-            for jv, (last, count) in zip(vols, seen, strict=True):
-                if (jv.volume.last_change_ns, jv.volume.change_count) != (last, count):
-                    raise _NotQuiet
-
+        check = None if seen is None else still_quiet([jv.volume for jv in vols], seen)
         try:
             snaps = daemon.job_snapshot_set(
                 [jv.volume for jv in vols],
@@ -358,9 +406,9 @@ class Job:
                 max_size={jv.volume.volume_id: jv.max_size for jv in vols},
                 policy=self.policy,
                 cache_volume=self.cache_volumes or None,
-                under_hold=still_quiet,
+                under_hold=check,
             )
-        except _NotQuiet:
+        except NotQuiet:
             raise
         except (VspError, OSError) as exc:
             self._snapshot_failed(vols, exc)
