@@ -58,6 +58,8 @@ def preserve_chunks(snaps: list[Snapshot], ino: int, fd: int, start: int, end: i
     and handed to each snapshot as one batch, which its cache file writes with
     one pwritev: a 128 KiB write to fresh chunks costs one pread and two
     writes to the cache file instead of two preads and four writes."""
+    if len(snaps) == 1 and _one_run(snaps[0], ino, fd, start, end, chunk_size):
+        return
     need: list[tuple[Snapshot, int, set[int]]] = []
     wanted: set[int] = set()
     for s in snaps:
@@ -93,6 +95,34 @@ def preserve_chunks(snaps: list[Snapshot], ino: int, fd: int, start: int, end: i
                 batch.append((chunk, piece))
             if batch:
                 s.add_chunks(ino, batch)
+
+
+def _one_run(s: Snapshot, ino: int, fd: int, start: int, end: int, chunk_size: int) -> bool:
+    """The usual first write, with fewer steps: one snapshot, and every chunk
+    of a short range still to preserve. False (nothing done) otherwise."""
+    if not s.wants(ino):
+        return True
+    size = s.snapshot_size(ino)
+    last = end if end < size else size
+    if start >= last:
+        return True
+    first = start // chunk_size
+    stop = (last - 1) // chunk_size + 1
+    if stop - first > RUN_CHUNKS:
+        return False
+    get = s.index.get
+    for chunk in range(first, stop):
+        if get(ino, chunk):
+            return False
+    base = first * chunk_size
+    top = stop * chunk_size if stop * chunk_size < size else size  # whole chunks, up to the snapshot's end
+    data = memoryview(os.pread(fd, top - base, base))
+    if len(data) < top - base:  # the live file is shorter than the snapshot's
+        data = memoryview(bytes(data) + bytes(top - base - len(data)))
+    s.add_chunks(
+        ino, [(c, data[(c - first) * chunk_size : (c - first + 1) * chunk_size]) for c in range(first, stop)]
+    )
+    return True
 
 
 def _runs(chunks: list[int], limit: int) -> list[list[int]]:
