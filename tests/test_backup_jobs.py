@@ -345,6 +345,14 @@ def test_exclude_list_and_cache_volume_rules_in_jobs(two: Env) -> None:
     done, rep = backup(env, [env.live], ["touch", marker], *opts, "--on-error", "abort")
     assert done.returncode == 13 and not os.path.exists(marker), done.stderr
     assert rep["ended_by"] == "snapshot-error"
+    # cache sizes for every volume, and for one
+    done, rep = backup(
+        env, [env.live, live2], ["true"], "--busy-file-wait", "0", "--max-cache-size", "64M",
+        "--max-cache-size", f"{live2}=1M", "--cache-size", "backing2=512K",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [v["cache_max"] for v in rep["volumes"]] == [64 << 20, 1 << 20]
+    assert [v["cache_allocated"] for v in rep["volumes"]][1] == 512 << 10
     # a cache file volume list that is fine: the cache file goes there
     cv = env.mkdir("jobcache")
     done, rep = backup(env, [env.live], ["true"], "--busy-file-wait", "0", "--cache-volume", cv)

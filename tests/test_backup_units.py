@@ -152,6 +152,20 @@ def test_command_line_beats_config_beats_defaults(tmp_path: Path) -> None:
         backup.resolve_options({"max_cache_size": "huge"}, c)
 
 
+def test_sizes_for_every_volume_and_for_one(tmp_path: Path) -> None:
+    c = config.load(
+        write(tmp_path, '[snapshot]\nmax_cache_size = "5G"\n[volumes."/srv/a"]\nmax_cache_size = "1G"\n')
+    )
+    assert backup.resolve_sizes({}, c) == ("16M", "5G", {"/srv/a": {"max_cache_size": "1G"}})
+    got = backup.resolve_sizes({"max_cache_size": ("/srv/b=2M",), "cache_size": ("1M",)}, c)
+    assert got == ("1M", "5G", {"/srv/a": {"max_cache_size": "1G"}, "/srv/b": {"max_cache_size": "2M"}})
+    # a plain size on the command line beats the file's per-volume sizes too
+    got = backup.resolve_sizes({"max_cache_size": ("none", "/srv/c=1%")}, c)
+    assert got == ("16M", None, {"/srv/a": {}, "/srv/c": {"max_cache_size": "1%"}})
+    with pytest.raises(UsageError, match="--cache-size"):
+        backup.resolve_sizes({"cache_size": ("/srv/a=lots",)}, c)
+
+
 # -------------------------------------------------------------- databases
 
 

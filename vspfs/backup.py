@@ -152,6 +152,44 @@ class Options:
     volume_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def resolve_sizes(
+    cli: dict[str, Any], config: config_mod.Config
+) -> tuple[int | str | None, int | str | None, dict[str, dict[str, Any]]]:
+    """(initial size, maximum, per-volume sizes) from --cache-size / --max-cache-size and the file.
+
+    Each option may be given several times, as ``SIZE`` (every volume) or
+    ``VOLUME=SIZE`` (that volume). A plain size on the command line beats the
+    file's default and its per-volume sizes; ``VOLUME=SIZE`` beats both.
+    """
+    per_volume = config.volume_options()
+    defaults: dict[str, int | str | None] = {}
+    for key in ("cache_size", "max_cache_size"):
+        option = "--" + key.replace("_", "-")
+        values = cli.get(key) or ()
+        if isinstance(values, str):
+            values = (values,)
+        default = config.get("snapshot", key)
+        chosen: dict[str, int | str | None] = {}
+        plain = False
+        for value in values:
+            vol, sep, size = value.rpartition("=")
+            try:
+                checked = config_mod.check_size(size if sep else value, allow_none=key == "max_cache_size")
+            except ValueError as exc:
+                raise UsageError(f"{option} {exc}") from None
+            if sep and vol:
+                chosen[_volume_arg(vol)] = checked
+            else:
+                default, plain = checked, True
+        if plain:
+            for opts in per_volume.values():
+                opts.pop(key, None)
+        for vol, size in chosen.items():
+            per_volume.setdefault(vol, {})[key] = size
+        defaults[key] = default
+    return defaults["cache_size"], defaults["max_cache_size"], per_volume
+
+
 def resolve_options(cli: dict[str, Any], config: config_mod.Config) -> Options:
     """Command-line values win; then the configuration file; then the documented defaults."""
 
@@ -159,32 +197,24 @@ def resolve_options(cli: dict[str, Any], config: config_mod.Config) -> Options:
         value = cli.get(key)
         return config.get(section, key) if value is None or value == () else value
 
-    def size(key: str, allow_none: bool) -> int | str | None:
-        value = cli.get(key)
-        if value is None:
-            return config.get("snapshot", key)
-        try:
-            return config_mod.check_size(value, allow_none=allow_none)
-        except ValueError as exc:
-            raise UsageError(f"--{key.replace('_', '-')} {exc}") from None
-
     def paths(key: str) -> list[str]:
         value = cli.get(key)
         if value:
             return [os.path.abspath(os.path.expanduser(v)) for v in value]
         return list(config.get("backup", key) or [])
 
+    initial, maximum, per_volume = resolve_sizes(cli, config)
     return Options(
         busy_file_wait=float(pick("busy_file_wait", "backup")),
         busy_file_timeout=float(pick("busy_file_timeout", "backup")),
         on_timeout=pick("on_timeout", "backup"),
         on_error=pick("on_error", "backup"),
-        cache_size=size("cache_size", False),
-        max_cache_size=size("max_cache_size", True),
+        cache_size=initial,
+        max_cache_size=maximum,
         policy=pick("policy", "snapshot"),
         cache_volumes=paths("cache_volumes"),
         exclude_volumes=paths("exclude_volumes"),
-        volume_options=config.volume_options(),
+        volume_options=per_volume,
     )
 
 
@@ -749,9 +779,17 @@ _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     type=click.Choice(["continue", "abort"]),
     help="Snapshot failed: back up from the live volumes (continue, default) or abort.",
 )
-@click.option("--cache-size", metavar="SIZE", help="Initial cache file size per volume [default 16M].")
 @click.option(
-    "--max-cache-size", metavar="SIZE", help="Cache file maximum per volume, or none [default 20%]."
+    "--cache-size",
+    multiple=True,
+    metavar="[VOLUME=]SIZE",
+    help="Initial cache file size, for every volume or one (repeatable) [default 16M].",
+)
+@click.option(
+    "--max-cache-size",
+    multiple=True,
+    metavar="[VOLUME=]SIZE",
+    help="Cache file maximum, or none, for every volume or one (repeatable) [default 20%].",
 )
 @click.option(
     "--policy",
@@ -792,8 +830,8 @@ def backup_cmd(
     busy_file_timeout: float | None,
     on_timeout: str | None,
     on_error: str | None,
-    cache_size: str | None,
-    max_cache_size: str | None,
+    cache_size: tuple[str, ...],
+    max_cache_size: tuple[str, ...],
     policy: str | None,
     cache_volumes: tuple[str, ...],
     exclude_volumes: tuple[str, ...],

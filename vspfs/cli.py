@@ -340,12 +340,17 @@ def snapshot() -> None:
     help="Mount the snapshot read-only at DIR; with several volumes, at DIR/<volume name>.",
 )
 @click.option(
-    "--cache-size", metavar="SIZE", help="Initial cache file size (e.g. 64M, 1G, 5%) [default 16M]."
+    "--cache-size",
+    multiple=True,
+    metavar="[VOLUME=]SIZE",
+    help="Initial cache file size (e.g. 64M, 1G, 5%), for every volume or one (repeatable) [default 16M].",
 )
 @click.option(
     "--max-cache-size",
-    metavar="SIZE",
-    help="Cache file maximum (e.g. 10G, 20%, or none for unbounded) [default 20%].",
+    multiple=True,
+    metavar="[VOLUME=]SIZE",
+    help="Cache file maximum (e.g. 10G, 20%, or none for unbounded), for every volume or one "
+    "(repeatable) [default 20%].",
 )
 @click.option(
     "--policy",
@@ -369,8 +374,8 @@ def snapshot() -> None:
 def snapshot_create(
     volumes: tuple[str, ...],
     mount_dir: str | None,
-    cache_size: str | None,
-    max_cache_size: str | None,
+    cache_size: tuple[str, ...],
+    max_cache_size: tuple[str, ...],
     policy: str | None,
     busy_file_wait: float,
     busy_file_timeout: float | None,
@@ -380,27 +385,24 @@ def snapshot_create(
 
     A VOLUME is named by its backing path, its live-view path, its name or its id.
     """
-    from vspfs.config import check_size
+    from vspfs.backup import resolve_sizes
 
     config = load_config()
+    initial, maximum, per_volume = resolve_sizes(
+        {"cache_size": cache_size, "max_cache_size": max_cache_size}, config
+    )
     args: dict[str, Any] = {
         "volumes": [_volume_arg(v) for v in volumes],
         "mount": _abs(mount_dir) if mount_dir else None,
         "policy": policy or config.get("snapshot", "policy"),
-        "volume_options": config.volume_options(),
+        "cache_size": initial,
+        "max_cache_size": maximum,
+        "volume_options": per_volume,
         "busy_file_wait": busy_file_wait,
         "busy_file_timeout": (
             busy_file_timeout if busy_file_timeout is not None else config.get("backup", "busy_file_timeout")
         ),
     }
-    for key, value in (("cache_size", cache_size), ("max_cache_size", max_cache_size)):
-        if value is None:
-            args[key] = config.get("snapshot", key)
-            continue
-        try:
-            args[key] = check_size(value, allow_none=key == "max_cache_size")
-        except ValueError as exc:
-            raise UsageError(f"--{key.replace('_', '-')} {exc}") from None
     wait = _settings().timeout + (args["busy_file_timeout"] if busy_file_wait > 0 else 0)
     result = call_daemon("snapshot.create", args, timeout=wait)
 
