@@ -658,6 +658,8 @@ def test_configuration_errors_stop_the_job_before_it_starts() -> None:
         done = env.run("backup", os.path.join(env.base, "cache"), "--", "true")
         assert done.returncode == 2 and "is not a served volume" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        done = env.run("backup", env.live, "--mount-dir", os.path.join(env.live, "drives"), "--", "true")
+        assert done.returncode == 2 and "inside served volume" in done.stderr, done.stderr
         assert env.cache_files() == [] and env.json("list")["snapshots"] == []
 
 

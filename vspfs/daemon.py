@@ -1050,6 +1050,10 @@ class Daemon:
         live = self._live_of(vol)
         return live.mountpoint if live is not None else vol.backing
 
+    def served_roots(self) -> list[str]:
+        """Backing directories and live-view mount points: no drive may be mounted in them."""
+        return [p for live in self._live for p in (live.volume.backing, live.mountpoint)]
+
     def has_snapshot(self, snap: Snapshot) -> bool:
         return self.provider is not None and self.provider.snapshots.get(snap.id) is snap
 

@@ -249,6 +249,14 @@ class Job:
         mount_dir = args.get("mount_dir")
         if mount_dir is not None and (not isinstance(mount_dir, str) or not os.path.isabs(mount_dir)):
             raise UsageError("mount directory must be an absolute path")
+        if mount_dir is not None:
+            real = os.path.realpath(mount_dir)
+            for root in daemon.served_roots():
+                if _inside(real, root):
+                    raise UsageError(
+                        f"mount directory {mount_dir} lies inside served volume {root}: "
+                        "mount virtual drives outside every served volume"
+                    )
         self.mount_dir: str | None = mount_dir
         self._made_mount_dir = False
         default_initial = _size_arg(args.get("cache_size"), "cache-size")
