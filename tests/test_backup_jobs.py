@@ -632,7 +632,8 @@ def test_live_sqlite_database_with_wal_is_warned_about() -> None:
         assert sqlite3.connect(os.path.join(copy, "app.db")).execute("select count(*) from t").fetchone() == (
             50,
         )
-        assert not os.path.exists(rep["mount_dir"])  # the default private job directory is gone too
+        assert rep["mount_dir"].startswith(os.path.join(env.state, "jobs-"))  # the default place
+        assert not os.path.exists(rep["mount_dir"])  # the job's own directory is gone too
         assert env.cache_files() == []
 
 

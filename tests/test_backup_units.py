@@ -274,6 +274,18 @@ def test_no_daemon_is_one_line_and_3(
     assert signal.getsignal(signal.SIGINT) is handler  # the job's signal handlers are gone again
 
 
+def test_stale_job_directories_go_but_nothing_else(tmp_path: Path) -> None:
+    from vspfs.jobs import remove_stale_job_dirs
+
+    jobs = tmp_path / "jobs-x"
+    (jobs / "deadjob" / "data").mkdir(parents=True)
+    (jobs / "busyjob" / "data").mkdir(parents=True)
+    (jobs / "busyjob" / "data" / "file").write_text("not ours to delete")
+    assert remove_stale_job_dirs(str(jobs)) == [str(jobs / "deadjob")]
+    assert (jobs / "busyjob" / "data" / "file").read_text() == "not ours to delete"
+    assert remove_stale_job_dirs(str(tmp_path / "none")) == []
+
+
 # ------------------------------------------------------------- exit status
 
 

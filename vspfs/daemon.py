@@ -321,10 +321,14 @@ def default_backend() -> MountBackend:
 # -------------------------------------------------------------- daemon records
 
 
+def socket_key(socket_path: str) -> str:
+    """A short name for one daemon (by its socket) among those sharing a state directory."""
+    return hashlib.sha256(os.fsencode(_real(socket_path))).hexdigest()[:12]
+
+
 def record_path(state_dir: str, socket_path: str) -> str:
     """Where a daemon records what it serves, for cleanup after it dies."""
-    key = hashlib.sha256(os.fsencode(_real(socket_path))).hexdigest()[:12]
-    return os.path.join(state_dir, f"served-{key}.json")
+    return os.path.join(state_dir, f"served-{socket_key(socket_path)}.json")
 
 
 def read_records(state_dir: str) -> list[dict[str, Any]]:
@@ -463,6 +467,8 @@ class Daemon:
         #: that needs it
         self._unlocked_ops = {"job.start", "job.status", "job.finish", "changes", "snapshot.create"}
         self.jobs = JobManager(self)
+        #: where backup jobs mount their drives by default (one directory per daemon socket)
+        self.jobs_dir = os.path.join(self.state_dir, f"jobs-{socket_key(self.socket_path)}")
         self._changes: dict[str, tuple[float, str, list[list[str]]]] = {}  # token -> (expiry, snap, items)
 
     # ------------------------------------------------------------ lifecycle
@@ -724,6 +730,10 @@ class Daemon:
                 log.info("removed stale %s", path)
             for kept in result["kept"]:
                 log.warning("kept %s: %s", kept.get("path"), kept.get("reason"))
+        from vspfs.jobs import remove_stale_job_dirs
+
+        for path in remove_stale_job_dirs(self.jobs_dir):
+            log.info("removed the stale job directory %s", path)
 
     def _warn_open_files(self) -> None:
         """Warn about processes whose open files bypass the live views."""

@@ -468,9 +468,20 @@ class Job:
         return None
 
     def _mount_base(self) -> str:
-        """The directory under which the job's drives are mounted (made here if needed)."""
+        """The directory under which the job's drives are mounted (made here if needed).
+
+        By default a directory of its own in the daemon's state directory: if
+        the daemon dies, what is left there is the daemon's to remove when it
+        starts again (``remove_stale_job_dirs``), not litter in /tmp.
+        """
         if self.mount_dir is None:
-            self.mount_dir = tempfile.mkdtemp(prefix=f"vspfs-job-{self.id[:12]}-")
+            base = self.manager.daemon.jobs_dir
+            if any(_inside(os.path.realpath(base), root) for root in self.manager.daemon.served_roots()):
+                self.mount_dir = tempfile.mkdtemp(prefix=f"vspfs-job-{self.id[:12]}-")
+            else:
+                os.makedirs(base, mode=0o700, exist_ok=True)
+                self.mount_dir = os.path.join(base, self.id)
+                os.mkdir(self.mount_dir, 0o700)
             self._made_mount_dir = True
         elif not os.path.lexists(self.mount_dir):
             os.mkdir(self.mount_dir, 0o700)
@@ -577,6 +588,29 @@ class Job:
             "volumes": [jv.record() for jv in self.volumes],
             "warnings": warnings,
         }
+
+
+def remove_stale_job_dirs(jobs_dir: str) -> list[str]:
+    """Remove the empty drive directories of jobs of a daemon that died; the paths removed.
+
+    Only empty directories go (rmdir, never recursive): a mount still in place
+    or anything else in them stays, and is for `vspfs cleanup` or a person.
+    """
+    removed: list[str] = []
+    try:
+        jobs = sorted(os.listdir(jobs_dir))
+    except OSError:
+        return removed
+    for job in jobs:
+        path = os.path.join(jobs_dir, job)
+        with contextlib.suppress(OSError):
+            for drive in os.listdir(path):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(path, drive))
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+            removed.append(path)
+    return removed
 
 
 def _databases(vol: Volume, open_paths: list[str]) -> list[DatabaseHint]:
