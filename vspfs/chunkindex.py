@@ -239,6 +239,8 @@ class ChunkIndex:
             page = f.pages.get(key)
             if page is not None:
                 lo = first & _MASK
+                if stop - first <= 2:  # a write of up to two chunks: no slice to build
+                    return page[lo] != 0 and page[stop - 1 & _MASK] != 0
                 return 0 not in page[lo : lo + stop - first]
             # sparse: chunk numbers are sorted and unique, so the range is all
             # there if it starts at i and stop - 1 sits where it must

@@ -35,7 +35,7 @@ from cachetools import LRUCache
 
 from vspfs.attrs import Attr
 from vspfs.cacheformat import Buffer, decode_listing, encode_listing, encode_meta
-from vspfs.chunkindex import ChunkIndex
+from vspfs.chunkindex import PAGE, PAGE_BITS, ChunkIndex
 from vspfs.errors import CacheFull, CacheOverflow, SnapshotInvalid
 from vspfs.fdcache import FdCache
 from vspfs.volume import is_hidden_root_name, open_quietly, read_xattrs, scan_dir
@@ -54,6 +54,8 @@ POLICIES = (POLICY_INVALIDATE, POLICY_REFUSE_WRITES)
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 _FILE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+#: an end offset past any file: "from here on, nothing needs preserving"
+_ANYWHERE = 1 << 62
 
 
 def _enoent(path: str) -> OSError:
@@ -121,25 +123,40 @@ class Snapshot:
     def has_chunk(self, ino: int, chunk: int) -> bool:
         return self.index.get(ino, chunk) != 0
 
-    def preserved(self, ino: int, start: int, end: int) -> bool:
-        """Whether a change to bytes [start, end) of ``ino`` needs nothing
-        preserved for this snapshot: its metadata and every chunk of the range
-        below the snapshot-time size are already in the store (or the snapshot
-        does not want the inode). Takes no lock: items are never removed from
-        the store, so a True answer cannot become false; the live view uses it
-        to skip the identity lock on writes to already-preserved chunks."""
+    def preserved_window(self, ino: int, start: int, end: int) -> tuple[int, int] | None:
+        """A byte range containing [start, end) of ``ino`` in which a change
+        needs nothing preserved for this snapshot (its metadata and every
+        chunk below the snapshot-time size are in the store, or the inode is
+        not wanted); None if [start, end) still needs something.
+
+        Takes no lock: items are never removed from the store, so the answer
+        stays true while the snapshot lives. The window is widened to the
+        index page around the range when that page is complete, so that the
+        live view can remember it and skip the check for the next writes
+        through the same handle (sequential writes cross a page every 4 MiB)."""
         if not self.valid or ino in self._new:
-            return True
+            return 0, _ANYWHERE
         meta = self._meta.get(ino)
         if meta is None:
-            return False
-        last = meta[0].size
-        if end < last:
-            last = end
-        if start >= last:
-            return True
+            return None
+        size = meta[0].size
+        if start >= size:
+            return size, _ANYWHERE
         cs = self.chunk_size
-        return self.index.covers(ino, start // cs, (last - 1) // cs + 1)
+        first = start // cs
+        stop = ((end if end < size else size) - 1) // cs + 1
+        in_size = (size - 1) // cs + 1  # chunks below the snapshot-time size
+        page_first = first >> PAGE_BITS << PAGE_BITS
+        page_stop = ((stop - 1) >> PAGE_BITS << PAGE_BITS) + PAGE
+        index = self.index
+        if page_stop >= in_size:
+            if index.covers(ino, page_first, in_size):
+                return page_first * cs, _ANYWHERE
+        elif index.covers(ino, page_first, page_stop):
+            return page_first * cs, page_stop * cs
+        if not index.covers(ino, first, stop):
+            return None
+        return first * cs, (stop * cs if stop < in_size else _ANYWHERE)
 
     def snapshot_size(self, ino: int) -> int:
         return self._meta[ino][0].size
