@@ -54,10 +54,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import vspfs  # noqa: F401
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Measure the checkout this script is in, not whatever an editable install
+# last pointed at (a CI clone's `pip install -e` redirects the global one).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vspfs.chunkindex import ChunkIndex
 from vspfs.provider import Provider
