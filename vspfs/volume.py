@@ -599,9 +599,11 @@ class Volume:
                     self._before_write(snaps, of, start, end)
             return os.pwrite(of.fd, data, offset)
         finally:
-            gate.exit()
+            # stamped before leaving the gate, so a quiet-period check made
+            # under the exclusive hold always sees this write
             self.last_change_ns = time.monotonic_ns()
             self.change_count += 1
+            gate.exit()
 
     def _before_write(self, snaps: list[Snapshot], of: OpenFile, start: int, end: int) -> None:
         """Preserve what bytes [start, end) of an open file still need, or
