@@ -31,7 +31,9 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import stat as statmod
+import struct
 import subprocess
 import sys
 import threading
@@ -993,6 +995,102 @@ def _check_mountpoint(mountpoint: str, *, may_be_non_empty: bool) -> str:
     return real
 
 
+# ------------------------------------------------- the auto_unmount helper
+#
+# With auto_unmount, libfuse mounts through fusermount3 over a socketpair and
+# leaves fusermount3 running as our child, waiting for its end of the pair to
+# be closed so that it can unmount if we die. libfuse never closes our end
+# (not on unmount either): each drive would cost a descriptor and a process
+# until the daemon exits. MountHandle finds both while the mount comes up and
+# releases them when its FUSE loop has ended.
+#
+# Lock: _mount_start_lock serialises the window from "list our descriptors"
+# to "libfuse answered INIT" across mounts, so that the one unnamed socketpair
+# that appeared in it is this mount's. It is taken by the FUSE thread and
+# released by whichever thread runs the init hook, or by the FUSE thread if
+# the mount fails; nothing else is taken while it is held.
+
+_mount_start_lock = threading.Lock()
+#: how long a mount waits for another mount's start window before going
+#: ahead without finding its helper (which then lives until the daemon exits)
+MOUNT_START_WAIT = 30.0
+#: how long the end of a FUSE loop waits for the released helper to exit
+HELPER_EXIT_WAIT = 2.0
+
+
+def _open_fds() -> set[int]:
+    try:
+        return {int(name) for name in os.listdir("/proc/self/fd")}
+    except OSError:
+        return set()
+
+
+def _is_own_socketpair(fd: int) -> bool:
+    """True for an unnamed AF_UNIX stream socket whose peer was created by this process."""
+    try:
+        if not statmod.S_ISSOCK(os.fstat(fd).st_mode):
+            return False
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            return False
+        if sock.getsockname() or sock.getpeername():
+            return False  # a control-channel connection, not a socketpair
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        return pid == os.getpid()
+    except OSError:
+        return False
+    finally:
+        sock.detach()
+
+
+def _helper_pid(mountpoint: str) -> int | None:
+    """The running fusermount3 child of this process that watches ``mountpoint``."""
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat_line = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        fields = stat_line.rsplit(b")", 1)[-1].split()
+        if len(fields) < 2 or int(fields[1]) != me or b"fusermount3" not in stat_line.split(b")", 1)[0]:
+            continue
+        args = [a for a in argv if a]
+        if b"-u" in args or not args or os.fsdecode(args[-1]) != mountpoint:
+            continue
+        return int(name)
+    return None
+
+
+def _release_helper(fd: int | None, pid: int | None, mountpoint: str) -> None:
+    """Close our end of the helper's socketpair and reap the helper."""
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            log.warning("%s: could not close the fusermount3 socket: %s", mountpoint, exc)
+    if pid is None:
+        return
+    deadline = time.monotonic() + HELPER_EXIT_WAIT
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() >= deadline:
+            if not done:
+                log.warning("%s: fusermount3 helper %d did not exit", mountpoint, pid)
+            return
+        time.sleep(0.01)
+
+
 # ---------------------------------------------------------------- handles
 
 _registry: dict[str, MountHandle] = {}
@@ -1020,7 +1118,13 @@ class MountHandle:
         self._ended = threading.Event()
         self._error: BaseException | None = None
         self._tuned = False
-        operations._on_init = self._initialised.set
+        # the auto_unmount helper (see _mount_start_lock): our socket end and its pid
+        self._start_lock_held = False
+        self._start_state = threading.Lock()
+        self._fds_before: set[int] = set()
+        self._helper_fd: int | None = None
+        self._helper: int | None = None
+        operations._on_init = self._on_init
         self._thread = threading.Thread(target=self._serve, name=f"vspfs-fuse {mountpoint}", daemon=True)
 
     def __repr__(self) -> str:
@@ -1033,9 +1137,39 @@ class MountHandle:
             _registry[self.mountpoint] = self
         self._thread.start()
 
+    def _enter_start_window(self) -> None:
+        if not self.options.get("auto_unmount"):
+            return
+        if _mount_start_lock.acquire(timeout=MOUNT_START_WAIT):
+            self._fds_before = _open_fds()
+            self._start_lock_held = True
+        else:
+            log.warning("%s: another mount is slow to start; its fusermount3 helper stays until exit", self)
+
+    def _leave_start_window(self, *, find_helper: bool) -> None:
+        with self._start_state:
+            if not self._start_lock_held:
+                return
+            try:
+                if find_helper:
+                    found = [fd for fd in sorted(_open_fds() - self._fds_before) if _is_own_socketpair(fd)]
+                    if len(found) == 1:
+                        self._helper_fd = found[0]
+                        self._helper = _helper_pid(self.mountpoint)
+                    else:
+                        log.warning("%s: %d fusermount3 socket candidates; left open", self, len(found))
+            finally:
+                self._start_lock_held = False
+                _mount_start_lock.release()
+
+    def _on_init(self) -> None:
+        self._leave_start_window(find_helper=True)
+        self._initialised.set()
+
     def _serve(self) -> None:
         try:
             private_fs_state()
+            self._enter_start_window()
             cls = _fuse_class()
             cls(
                 self._ops,
@@ -1055,6 +1189,10 @@ class MountHandle:
         except BaseException as exc:
             self._error = exc
         finally:
+            self._leave_start_window(find_helper=False)
+            # the loop has ended, so the mount is gone: the helper has nothing left to watch
+            _release_helper(self._helper_fd, self._helper, self.mountpoint)
+            self._helper_fd = self._helper = None
             self._ended.set()
             with _registry_lock:
                 if _registry.get(self.mountpoint) is self:

@@ -543,9 +543,10 @@ def test_daemon_json_shapes_and_lifecycle(
     assert _json(capsys, "status", sid)["mounts"] == [os.path.realpath(drive)]
     assert _json(capsys, "list")["snapshots"][0]["mounts"] == [os.path.realpath(drive)]
 
-    # the same directory twice, the live view, an unknown dir: one-line usage errors
+    # the same directory twice: the mount cannot be made (8); the live view,
+    # an unknown dir, a dir inside a volume: one-line usage errors (2)
     code, _, err = run(capsys, "mount", sid, drive)
-    assert code == 2 and "unmount it first" in err
+    assert code == 8 and "unmount it first" in err
     code, _, err = run(capsys, "unmount", fd["live"])
     assert code == 2 and "live view" in err
     assert_one_error_line(err)

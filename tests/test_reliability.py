@@ -6,7 +6,8 @@ A real ``vspfs serve`` subprocess (``served`` from daemon_helpers) and the CLI:
   (a small tmpfs) filling up, while live writes go on: every live write
   succeeds and lands, the snapshot turns invalid, its drive reads give EIO;
 * a busy or non-empty mount directory and a directory already holding a
-  drive: one-line error, exit code 8 (docs/cli.md);
+  drive: one-line error, exit code 8 (docs/cli.md); mounting an invalid
+  snapshot: exit 6;
 * names with a newline, invalid UTF-8 and 255 bytes, through the live view
   and in a snapshot drive;
 * symlink loops and symlinks pointing outside the volume stay symlinks;
@@ -86,10 +87,12 @@ def test_cache_maximum_reached_invalidates_but_live_writes_land() -> None:
         st = status(env, snap["id"])
         assert st["state"] == "invalid", st
         assert read_errno(os.path.join(drive, "big")) == errno.EIO
-        # mounting it again is allowed (status tells why it is invalid), but shows nothing stale
+        # mounting it again is refused (exit 6, "invalid"), and leaves no directory or mount
         again = os.path.join(env.base, "again")
-        env.ok("mount", snap["id"], again)
-        assert read_errno(os.path.join(again, "big")) == errno.EIO
+        done = env.run("mount", snap["id"], again)
+        assert done.returncode == 6, done.stderr
+        assert snap["id"] in err_line(done) and "invalid" in err_line(done)
+        assert not os.path.exists(again) and not mounts_under(again)
         env.ok("destroy", snap["id"])
         assert env.stop() == 0
         assert not env.cache_files()
@@ -156,26 +159,66 @@ def test_busy_nonempty_and_in_use_mount_directories() -> None:
         with open(os.path.join(nonempty, "x"), "w") as f:
             f.write("x")
         done = env.run("snapshot", "create", env.backing, "--mount", nonempty)
-        assert done.returncode == 2, done.stderr  # a bad argument (docs/cli.md: DIR must be empty)
+        assert done.returncode == 8, done.stderr  # a mount could not be made (docs/cli.md)
         assert "not empty" in err_line(done)
         assert env.json("list")["snapshots"] == []  # all or nothing
         # busy: something else is mounted there (the live view itself is a mount)
         busy = env.mkdir("busy")
         with tmpfs(busy, "1m"):
             done = env.run("snapshot", "create", env.backing, "--mount", busy)
-            assert done.returncode == 2, done.stderr
+            assert done.returncode == 8, done.stderr
             assert "already a mount point" in err_line(done)
         # a directory that already holds a drive
         drive = os.path.join(env.base, "drive")
         snap = snapshot(env, "--mount", drive)
         done = env.run("mount", snap["id"], drive)
-        assert done.returncode == 2, done.stderr
+        assert done.returncode == 8, done.stderr
         print(err_line(done))
         other = env.run("snapshot", "create", env.backing, "--mount", drive)
-        assert other.returncode == 2, other.stderr
+        assert other.returncode == 8, other.stderr
         print(err_line(other))
         with open(os.path.join(drive, "a")) as f:
             assert f.read() == "a"  # the first drive still works
+        assert env.stop() == 0
+
+
+def _children_and_sockets(pid: int) -> tuple[list[str], int]:
+    kids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                comm, rest = f.read().rsplit(b")", 1)
+        except OSError:
+            continue
+        if int(rest.split()[1]) == pid:
+            kids.append(comm.split(b"(", 1)[1].decode())
+    sockets = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return sorted(kids), sockets
+
+
+def test_unmounted_drives_leave_no_helper_process_or_socket() -> None:
+    """Each drive's auto_unmount helper (fusermount3) and its socket go with the drive."""
+    with served("vspr") as env:
+        assert env.daemon is not None
+        pid = env.daemon.pid
+        with open(os.path.join(env.live, "a"), "w") as f:
+            f.write("a")
+        before = _children_and_sockets(pid)
+        drive = os.path.join(env.base, "drive")
+        for _ in range(4):
+            snap = snapshot(env, "--mount", drive)
+            during = _children_and_sockets(pid)
+            assert during[0].count("fusermount3") == before[0].count("fusermount3") + 1, (before, during)
+            env.ok("unmount", drive)
+            env.ok("mount", snap["id"], drive)
+            env.ok("destroy", snap["id"])
+        after = _children_and_sockets(pid)
+        assert after == before, (before, after)
         assert env.stop() == 0
 
 

@@ -214,14 +214,30 @@ def diff(expected: dict[str, str], got: dict[str, str], limit: int = 10) -> list
     return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
 
 
-def proc_sample(pid: int) -> tuple[int, int]:
-    """(VmRSS in KiB, number of open descriptors) of ``pid``."""
+def child_count(pid: int) -> int:
+    """How many processes have ``pid`` as parent (the janitor, fusermount3 helpers...)."""
+    n = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and int(fields[1]) == pid:
+            n += 1
+    return n
+
+
+def proc_sample(pid: int) -> tuple[int, int, int]:
+    """(VmRSS in KiB, open descriptors, child processes) of ``pid``."""
     rss = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd")), child_count(pid)
 
 
 def fd_kinds(pid: int) -> dict[str, int]:
@@ -401,9 +417,11 @@ def run(args: argparse.Namespace) -> int:
             if cycles == 1:
                 kinds_first = kinds_last
             if args.verbose:
-                rss, fds = samples[-1]
+                rss, fds, kids = samples[-1]
                 ops = sum(w.ops for w in writers)
-                print(f"cycle {cycles}: rss {rss} KiB, fds {fds}, writer ops {ops}", flush=True)
+                print(
+                    f"cycle {cycles}: rss {rss} KiB, fds {fds}, children {kids}, writer ops {ops}", flush=True
+                )
         if d.proc.poll() is not None:
             problems.append(f"the daemon exited with {d.proc.returncode} during the soak")
         stop.set()
@@ -436,6 +454,7 @@ def run(args: argparse.Namespace) -> int:
 
     rss = [s[0] for s in samples]
     fds = [s[1] for s in samples]
+    kids = [s[2] for s in samples]
     baseline = samples[1] if len(samples) > 1 else samples[0]
     if rss and rss[-1] - baseline[0] > args.rss_tolerance * 1024:
         problems.append(f"RSS grew from {baseline[0]} to {rss[-1]} KiB (tolerance {args.rss_tolerance} MiB)")
@@ -445,6 +464,8 @@ def run(args: argparse.Namespace) -> int:
             f"open fds grew from {baseline[1]} to {fds[-1]} (tolerance {args.fd_tolerance}); "
             f"growth by kind after cycle 1: {grown}"
         )
+    if kids and kids[-1] > baseline[2]:
+        problems.append(f"child processes grew from {baseline[2]} to {kids[-1]}")
 
     print(f"{'duration (s)':<22}{args.duration:>12g}")
     print(f"{'writers':<22}{args.writers:>12}")
@@ -454,6 +475,7 @@ def run(args: argparse.Namespace) -> int:
     if rss:
         print(f"{'RSS KiB first/last/max':<22}{rss[0]:>12}{rss[-1]:>12}{max(rss):>12}")
         print(f"{'fds first/last/max':<22}{fds[0]:>12}{fds[-1]:>12}{max(fds):>12}")
+        print(f"{'children first/last/max':<22}{kids[0]:>12}{kids[-1]:>12}{max(kids):>12}")
     for p in problems:
         print(f"PROBLEM: {p}")
     if problems:

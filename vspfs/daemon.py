@@ -51,7 +51,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vspfs import __version__
-from vspfs.errors import DaemonNotRunning, MountError, UsageError, VspError
+from vspfs.errors import DaemonNotRunning, MountError, SnapshotInvalid, UsageError, VspError
 
 if TYPE_CHECKING:
     from vspfs.provider import Provider
@@ -952,7 +952,12 @@ class Daemon:
     # -- mount directories
 
     def _prepare_mount_dir(self, path: str) -> tuple[str, bool]:
-        """Check (and create if missing) a virtual drive directory; (real path, created)."""
+        """Check (and create if missing) a virtual drive directory; (real path, created).
+
+        A missing parent or a non-directory is a bad argument (UsageError,
+        exit 2); a directory that cannot take a mount because something
+        occupies it (a drive, another mount, files) is MountError (exit 8).
+        """
         created = False
         try:
             if not os.path.lexists(path):
@@ -966,7 +971,7 @@ class Daemon:
                 raise UsageError(f"mount directory {path} is not a directory")
             for drive in self._drives:
                 if drive.path == real:
-                    raise UsageError(
+                    raise MountError(
                         f"{path} already shows snapshot {drive.snapshot_id}: "
                         f"unmount it first (`vspfs unmount {path}`)"
                     )
@@ -978,9 +983,9 @@ class Daemon:
                             "mount virtual drives outside every served volume"
                         )
             if os.path.ismount(real):
-                raise UsageError(f"mount directory {path} is already a mount point: choose another directory")
+                raise MountError(f"mount directory {path} is already a mount point: choose another directory")
             if not created and os.listdir(real):
-                raise UsageError(f"mount directory {path} is not empty: choose an empty directory")
+                raise MountError(f"mount directory {path} is not empty: choose an empty directory")
         except OSError as exc:
             if created:
                 with contextlib.suppress(OSError):
@@ -1242,6 +1247,11 @@ class Daemon:
         path = _req_str(args, "dir")
         if not os.path.isabs(path):
             raise UsageError(f"mount directory {path} must be an absolute path")
+        if not snap.valid:
+            # its drive could only answer EIO: say so now rather than after a backup started
+            raise SnapshotInvalid(
+                snap.id, f"{snap.invalid_reason or 'unknown reason'}; it cannot be mounted, destroy it"
+            )
         drive = self._mount_drive(snap, path)
         return {"snapshot": snap.id, "mount": drive.path}
 
