@@ -1004,6 +1004,9 @@ def _check_mountpoint(mountpoint: str, *, may_be_non_empty: bool) -> str:
 # until the daemon exits. MountHandle finds both while the mount comes up and
 # releases them when its FUSE loop has ended.
 #
+# Each later mount forks a fusermount3 that inherits every descriptor not
+# marked close-on-exec, so the socket is marked as soon as it is found.
+#
 # Lock: _mount_start_lock serialises the window from "list our descriptors"
 # to "libfuse answered INIT" across mounts, so that the one unnamed socketpair
 # that appeared in it is this mount's. It is taken by the FUSE thread and
@@ -1155,6 +1158,9 @@ class MountHandle:
                     found = [fd for fd in sorted(_open_fds() - self._fds_before) if _is_own_socketpair(fd)]
                     if len(found) == 1:
                         self._helper_fd = found[0]
+                        # libfuse leaves it inheritable: the next mount's fusermount3 would
+                        # keep a copy, and this helper would outlive our close
+                        os.set_inheritable(found[0], False)
                         self._helper = _helper_pid(self.mountpoint)
                     else:
                         log.warning("%s: %d fusermount3 socket candidates; left open", self, len(found))

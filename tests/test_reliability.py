@@ -183,6 +183,7 @@ def test_busy_nonempty_and_in_use_mount_directories() -> None:
 
 
 def _children_and_sockets(pid: int) -> tuple[list[str], int]:
+    """The daemon's children ("comm state", e.g. "fusermount3 S") and its socket count."""
     kids = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -192,8 +193,9 @@ def _children_and_sockets(pid: int) -> tuple[list[str], int]:
                 comm, rest = f.read().rsplit(b")", 1)
         except OSError:
             continue
-        if int(rest.split()[1]) == pid:
-            kids.append(comm.split(b"(", 1)[1].decode())
+        state, ppid = rest.split()[:2]
+        if int(ppid) == pid:
+            kids.append(f"{comm.split(b'(', 1)[1].decode()} {'Z' if state == b'Z' else 'live'}")
     sockets = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
@@ -202,20 +204,24 @@ def _children_and_sockets(pid: int) -> tuple[list[str], int]:
 
 
 def test_unmounted_drives_leave_no_helper_process_or_socket() -> None:
-    """Each drive's auto_unmount helper (fusermount3) and its socket go with the drive."""
+    """Each drive's auto_unmount helper (fusermount3) and its socket go with the drive,
+    also while other drives (whose helpers were started later) stay mounted."""
     with served("vspr") as env:
         assert env.daemon is not None
         pid = env.daemon.pid
         with open(os.path.join(env.live, "a"), "w") as f:
             f.write("a")
         before = _children_and_sockets(pid)
-        drive = os.path.join(env.base, "drive")
-        for _ in range(4):
-            snap = snapshot(env, "--mount", drive)
-            during = _children_and_sockets(pid)
-            assert during[0].count("fusermount3") == before[0].count("fusermount3") + 1, (before, during)
-            env.ok("unmount", drive)
-            env.ok("mount", snap["id"], drive)
+        helpers = before[0].count("fusermount3 live")
+        first, second = os.path.join(env.base, "d1"), os.path.join(env.base, "d2")
+        for _ in range(3):
+            snap = snapshot(env, "--mount", first)
+            env.ok("mount", snap["id"], second)
+            assert _children_and_sockets(pid)[0].count("fusermount3 live") == helpers + 2
+            env.ok("unmount", first)  # its helper must go although the second one holds on
+            kids, _ = _children_and_sockets(pid)
+            assert kids.count("fusermount3 live") == helpers + 1 and "fusermount3 Z" not in kids, kids
+            env.ok("mount", snap["id"], first)
             env.ok("destroy", snap["id"])
         after = _children_and_sockets(pid)
         assert after == before, (before, after)
