@@ -223,3 +223,24 @@ def test_renameat2_flags_and_utimensat_omit(tmp_path) -> None:
         assert after.st_atime_ns == before.st_atime_ns
     finally:
         os.close(fd)
+
+
+# -- directory listings and inode numbers
+
+
+def test_scan_dir_with_stat_inodes_equals_readdir_on_a_local_filesystem(tmp_path) -> None:
+    from vspfs.volume import _dirent_inodes_exact, scan_dir
+
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "d").mkdir()
+    os.symlink("f", tmp_path / "l")
+    os.mkfifo(tmp_path / "p")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        plain = sorted(scan_dir(fd, True))
+        assert plain == sorted(scan_dir(fd, True, stat_inodes=True))
+        assert {n: os.lstat(tmp_path / n).st_ino for n, _, _ in plain} == {n: i for n, i, _ in plain}
+        assert _dirent_inodes_exact(fd)
+        assert syscalls.fs_magic(fd) != syscalls.FUSE_SUPER_MAGIC
+    finally:
+        os.close(fd)

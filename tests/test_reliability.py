@@ -27,6 +27,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -377,3 +378,36 @@ def test_cleanup_never_deletes_a_foreign_vsp_file() -> None:
         for p, data in foreign.items():
             with open(p, "rb") as f:
                 assert f.read() == data, p
+
+
+def test_serve_without_fusermount3_is_a_clean_error() -> None:
+    """No fusermount3 on PATH: `vspfs serve` exits 8 naming it and what to install, leaves nothing."""
+    base = tempfile.mkdtemp(prefix="vspr")
+    try:
+        dirs = {n: os.path.join(base, n) for n in ("b", "l", "c")}
+        for d in dirs.values():
+            os.mkdir(d)
+        env = {
+            **os.environ,
+            "PATH": os.path.join(base, "no-such-bin"),
+            "VSPFS_SOCKET": os.path.join(base, "s"),
+            "VSPFS_STATE_DIR": os.path.join(base, "st"),
+        }
+        spec = f"{dirs['b']}={dirs['l']}"
+        done = subprocess.run(
+            [sys.executable, "-m", "vspfs.cli", "serve", spec, "--cache-volume", dirs["c"]],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 8, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("vspfs: error: ")]
+        assert len(errors) == 1 and "fusermount3" in errors[0] and "apt-get install fuse3" in errors[0]
+        assert "Traceback" not in done.stderr
+        assert not mounts_under(base)
+        assert os.listdir(dirs["c"]) == [] and os.listdir(dirs["b"]) == []
+        assert not os.path.exists(os.path.join(base, "s"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

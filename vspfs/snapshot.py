@@ -38,7 +38,7 @@ from vspfs.cacheformat import Buffer, decode_listing, encode_listing, encode_met
 from vspfs.chunkindex import PAGE, PAGE_BITS, ChunkIndex
 from vspfs.errors import CacheFull, CacheOverflow, SnapshotInvalid
 from vspfs.fdcache import FdCache
-from vspfs.volume import is_hidden_root_name, open_quietly, read_xattrs, scan_dir
+from vspfs.volume import is_hidden_root_name, open_quietly, read_xattrs
 
 if TYPE_CHECKING:
     from vspfs.cachefile import CacheFile
@@ -375,7 +375,7 @@ class Snapshot:
         listing = self._listing(node.ino)
         if listing is None:
             with self._dir_fd(node) as fd:
-                entries = scan_dir(fd, node.parent is None)
+                entries = self.volume.scan_dir(fd, node.parent is None)
             listing = self._listing(node.ino)
             if listing is None:
                 self._check()
@@ -602,7 +602,7 @@ class Snapshot:
                     where = _relative(os.readlink(f"/proc/self/fd/{fd}"), root_live)
                     if where is None or where.split("/", 1)[0] == _RETAINED:
                         return None, []
-                    return where, scan_dir(fd, node.parent is None)
+                    return where, self.volume.scan_dir(fd, node.parent is None)
             except OSError:
                 return None, []
 
@@ -637,7 +637,7 @@ class Snapshot:
             path = pending.pop()
             try:
                 with self._open_live_dir(path) as fd:
-                    entries = scan_dir(fd, False)
+                    entries = self.volume.scan_dir(fd, False)
             except OSError:
                 continue
             for name, i, t in entries:
@@ -790,7 +790,7 @@ def _locate(snap: Snapshot, targets: set[int], meta: dict[int, tuple[Attr, objec
             listing = snap._listing(node.ino)
             if listing is None:
                 with snap._dir_fd(node) as fd:
-                    entries = scan_dir(fd, node.parent is None)
+                    entries = snap.volume.scan_dir(fd, node.parent is None)
                 listing = snap._listing(node.ino)
             if listing is not None:
                 entries = [(n, i, t) for n, (i, t) in listing.items()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -82,3 +83,14 @@ def futimens(fd: int, atime_ns: int, mtime_ns: int) -> None:
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     ret = _libc.fallocate(fd, ctypes.c_int(mode), ctypes.c_int64(offset), ctypes.c_int64(length))
     _check(ret)
+
+
+#: f_type of a FUSE filesystem (linux/magic.h)
+FUSE_SUPER_MAGIC = 0x65735546
+
+
+def fs_magic(fd: int) -> int:
+    """f_type of the filesystem holding ``fd`` (fstatfs; os.statvfs does not report it)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    _check(_libc.fstatfs(fd, buf))
+    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], sys.byteorder) & 0xFFFFFFFF

@@ -41,12 +41,14 @@ from vspfs.syscalls import (
     FALLOC_FL_INSERT_RANGE,
     FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
+    FUSE_SUPER_MAGIC,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     RENAME_WHITEOUT,
     UTIME_NOW,
     UTIME_OMIT,
     fallocate,
+    fs_magic,
     renameat2,
     utimensat,
 )
@@ -147,18 +149,27 @@ def read_xattrs(target: int | str) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def scan_dir(fd: int, at_root: bool) -> list[tuple[str, int, int]]:
+def scan_dir(fd: int, at_root: bool, *, stat_inodes: bool = False) -> list[tuple[str, int, int]]:
     """(name, ino, S_IFMT type) of every entry of an open directory.
 
     Reads through a fresh open of the directory: a shared fd (and its dups)
     has one read position, so two threads listing through it would each see
-    part of the directory."""
+    part of the directory. With ``stat_inodes`` the inode number comes from
+    lstat, not from readdir's d_ino (see Volume.exact_dirent_inodes); an
+    entry that vanishes in between is left out, as if listed a moment later."""
     out = []
     own = open_quietly(".", _DIR, dir_fd=fd)
     try:
         with os.scandir(own) as it:
             for entry in it:
                 if at_root and is_hidden_root_name(entry.name):
+                    continue
+                if stat_inodes:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    out.append((entry.name, st.st_ino, statmod.S_IFMT(st.st_mode)))
                     continue
                 if entry.is_symlink():
                     ftype = statmod.S_IFLNK
@@ -172,6 +183,29 @@ def scan_dir(fd: int, at_root: bool) -> list[tuple[str, int, int]]:
     finally:
         os.close(own)
     return out
+
+
+def _dirent_inodes_exact(root_fd: int, probe: int = 64) -> bool:
+    """False on FUSE, or when any of the first ``probe`` root entries disagrees."""
+    try:
+        if fs_magic(root_fd) == FUSE_SUPER_MAGIC:
+            return False
+        own = open_quietly(".", _DIR, dir_fd=root_fd)
+    except OSError:
+        return False
+    try:
+        with os.scandir(own) as it:
+            for _, entry in zip(range(probe), it, strict=False):
+                try:
+                    if entry.inode() != entry.stat(follow_symlinks=False).st_ino:
+                        return False
+                except FileNotFoundError:
+                    continue
+    except OSError:
+        return False
+    finally:
+        os.close(own)
+    return True
 
 
 def _rename_fails(
@@ -220,6 +254,18 @@ class Volume:
         st = os.fstat(self.root_fd)
         self.dev = st.st_dev
         self.root_ino = st.st_ino
+        #: whether readdir's d_ino equals lstat's st_ino here. Snapshots find
+        #: objects by inode number, so a listing must carry the st_ino. FUSE
+        #: filesystems without use_ino (sshfs by default...) give other numbers
+        #: (or none) in readdir: their listings pay one lstat per entry.
+        self.exact_dirent_inodes = _dirent_inodes_exact(self.root_fd)
+        if fs_magic(self.root_fd) == FUSE_SUPER_MAGIC:
+            log.warning(
+                "%s is on a FUSE filesystem: its snapshots are exact only if that filesystem keeps "
+                "inode numbers stable (libfuse's use_ino); without it, reads of unchanged files "
+                "in a drive may fail with EIO",
+                self.backing,
+            )
         self.retained = RetainedArea(self.root_fd, self.backing)
         self._gate = Gate()
         self._ns_lock = threading.RLock()
@@ -281,6 +327,10 @@ class Volume:
         os.close(self.root_fd)
 
     # -- helpers ---------------------------------------------------------------
+
+    def scan_dir(self, fd: int, at_root: bool) -> list[tuple[str, int, int]]:
+        """The entries of a directory of this volume, with the inode numbers lstat gives."""
+        return scan_dir(fd, at_root, stat_inodes=not self.exact_dirent_inodes)
 
     def adjust(self, attr: Attr) -> Attr:
         """Hide vspfs's own links: retained hard links and the retained area
@@ -450,7 +500,7 @@ class Volume:
                 st.st_ino,
                 lambda: (self.adjust(Attr.from_stat(os.fstat(dir_fd))), read_xattrs(dir_fd)),
             )
-        cow.preserve_listing(wanting, st.st_ino, lambda: scan_dir(dir_fd, at_root))
+        cow.preserve_listing(wanting, st.st_ino, lambda: self.scan_dir(dir_fd, at_root))
 
     def _retain(self, snaps: list[Snapshot], dir_fd: int, name: str, st: os.stat_result) -> None:
         """Keep an object reachable by identity before its name goes away."""
