@@ -603,6 +603,37 @@ def test_nothing_left_after_failure_overflow_ctrl_c_and_kill() -> None:
         assert leftovers(env) == {"mounts": [], "cache_files": [], "retained": None}
 
 
+def test_sigterm_to_the_client_alone_stops_the_commands_children_too() -> None:
+    """SIGTERM sent to `vspfs backup` only (not its group) reaches what its command started."""
+    with daemon("vspk") as env:
+        populate(env.live, seed=5)
+        pidfile = os.path.join(env.base, "child.pid")
+        client = subprocess.Popen(
+            [sys.executable, "-m", "vspfs.cli", "backup", env.live, "--busy-file-wait", "0.2", "--mount-dir",
+             os.path.join(env.base, "jobs"), "--", "sh", "-c", f'sleep 300 & echo $! > "{pidfile}"; wait'],
+            env=env.env, start_new_session=True, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        child = 0
+        try:
+            wait_until(
+                lambda: (os.path.exists(pidfile) and os.path.getsize(pidfile) > 0) or client.poll(),
+                60,
+                "the command's child",
+            )
+            assert client.poll() is None, client.stderr.read() if client.stderr else ""
+            child = int(Path(pidfile).read_text())
+            os.kill(client.pid, signal.SIGTERM)
+            assert client.wait(timeout=60) == 143
+            wait_until(lambda: not os.path.exists(f"/proc/{child}"), 10, "the command's child to end")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(client.pid, signal.SIGKILL)
+            if child:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+        nothing_left(env)
+
+
 # ---------------------------------------------------------------- databases
 
 

@@ -502,8 +502,7 @@ class BackupRun:
         if proc is not None and proc.poll() is None and signum != signal.SIGINT:
             # A terminal's Ctrl-C reaches the command itself (same process group);
             # a SIGTERM or SIGHUP sent to us alone is passed on.
-            with contextlib.suppress(OSError):
-                proc.send_signal(signum)
+            signal_tree(proc, signum)
 
     # -- the run
 
@@ -639,8 +638,7 @@ class BackupRun:
         proc = self.proc
         while proc is not None and stop_at and now >= stop_at[0][0]:
             _when, sig = stop_at.pop(0)
-            with contextlib.suppress(OSError):
-                proc.send_signal(sig)
+            signal_tree(proc, sig)
 
     def _finish(self, holder: _Holder) -> dict[str, Any] | None:
         """End the job (if it still runs) and return its final report."""
@@ -687,6 +685,46 @@ _LOST = {
     "failed": "the job failed in the daemon (see its log)",
     "client-gone": "the daemon lost this client's connection",
 }
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren...), from /proc; [] without it."""
+    children: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def signal_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal the command and every process it started.
+
+    A shell (``sh -c "tar ... | gzip"``) does not pass SIGTERM on to its
+    children, which would go on reading drives that are about to disappear.
+    The command stays in our process group so that a terminal's Ctrl-C and
+    its prompts (restic's password) keep working; the tree is found instead.
+    """
+    below = descendants(proc.pid)
+    with contextlib.suppress(OSError):
+        proc.send_signal(sig)
+    for pid in below:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
 
 
 def _cumulative(delays: Sequence[float]) -> list[float]:
