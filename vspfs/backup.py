@@ -286,6 +286,18 @@ def outcome(
 # ------------------------------------------------------------------ output
 
 
+def json_text(data: object, indent: int | None = 2) -> str:
+    """JSON for people and programs: readable UTF-8, but \\u escapes when a
+    path is not valid UTF-8 (a lone surrogate), so the output stays valid
+    UTF-8 JSON and json.loads gives back the exact name."""
+    try:
+        text = json.dumps(data, indent=indent, ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, indent=indent, ensure_ascii=True)
+    return text
+
+
 def size_text(n: object) -> str:
     if not isinstance(n, int) or isinstance(n, bool):
         return "-" if n is None else str(n)
@@ -932,7 +944,7 @@ def backup_cmd(
         except OSError as exc:
             click.echo(f"vspfs: error: cannot write the report to {report_file}: {exc.strerror}", err=True)
     if as_json:
-        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        click.echo(json_text(report))
     else:
         for line in render_report(report):
             click.echo(line, err=True)
@@ -975,7 +987,7 @@ def changes_cmd(snapshot_id: str, as_json: bool) -> None:
             break
         args = {"snapshot": snapshot_id, "token": page["token"], "offset": page["next"]}
     if as_json:
-        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        click.echo(json_text(out))
         return
     for kind, letter in (("created", "A"), ("modified", "M"), ("deleted", "D")):
         for path in out[kind]:

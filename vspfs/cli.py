@@ -21,7 +21,6 @@ new request is one more entry in ``Daemon._ops``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -32,7 +31,7 @@ from typing import Any, NoReturn
 import click
 
 from vspfs import __version__
-from vspfs.backup import size_text
+from vspfs.backup import json_text, size_text
 from vspfs.errors import DaemonNotRunning, UsageError, VspError
 
 # Exit codes (docs/cli.md). Domain errors carry their own ``exit_code``; these
@@ -116,7 +115,7 @@ def call_daemon(
 def emit(data: object, as_json: bool, human: Callable[[Any], None]) -> None:
     """Print a result: JSON for machines, or the command's human rendering."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(json_text(data))
     else:
         human(data)
 
@@ -233,7 +232,7 @@ class _JsonLogFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json_text(entry, indent=None)
 
 
 def setup_logging(verbose: bool, log_file: str | None, as_json: bool) -> None:
@@ -693,6 +692,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     global _debug
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = False
+    # names that are not valid UTF-8 arrive as lone surrogates: print their
+    # original bytes instead of failing with UnicodeEncodeError
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     try:
         rv = cli.main(args=args, prog_name="vspfs", standalone_mode=False)
     except _NO_ARGS_IS_HELP as exc:

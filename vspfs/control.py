@@ -118,8 +118,13 @@ def key_path_for(socket_path: str) -> str:
 
 
 def _encode(obj: object) -> bytes:
-    """Frame one JSON object; ValueError if it cannot be sent (not JSON, too big)."""
-    body = json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Frame one JSON object; ValueError if it cannot be sent (not JSON, too big).
+
+    ASCII with \\u escapes: a path that is not valid UTF-8 reaches Python as a
+    str with lone surrogates (surrogateescape), which UTF-8 cannot encode but
+    a JSON escape carries through unchanged, so both sides see the same bytes.
+    """
+    body = json.dumps(obj, allow_nan=False, ensure_ascii=True, separators=(",", ":")).encode("ascii")
     if len(body) > MAX_MESSAGE:
         raise ValueError(f"message of {len(body)} bytes exceeds the {MAX_MESSAGE}-byte limit")
     return _HEADER.pack(len(body)) + body
