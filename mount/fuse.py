@@ -42,6 +42,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from vspfs import procs
 from vspfs.attrs import Attr
 from vspfs.errors import CacheFull, MountError, NotFound, ProtectedName, ReadOnly, SnapshotInvalid, VspError
 from vspfs.syscalls import KERNEL_UTIME_NOW, KERNEL_UTIME_OMIT, UTIME_NOW, UTIME_OMIT
@@ -1051,24 +1052,11 @@ def _is_own_socketpair(fd: int) -> bool:
 
 def _helper_pid(mountpoint: str) -> int | None:
     """The running fusermount3 child of this process that watches ``mountpoint``."""
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat_line = f.read()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        fields = stat_line.rsplit(b")", 1)[-1].split()
-        if len(fields) < 2 or int(fields[1]) != me or b"fusermount3" not in stat_line.split(b")", 1)[0]:
-            continue
-        args = [a for a in argv if a]
-        if b"-u" in args or not args or os.fsdecode(args[-1]) != mountpoint:
-            continue
-        return int(name)
+    for pid in procs.children(os.getpid()):
+        args = procs.argv(pid)
+        is_helper = bool(args) and os.path.basename(args[0]) == b"fusermount3" and b"-u" not in args
+        if is_helper and os.fsdecode(args[-1]) == mountpoint:
+            return pid
     return None
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import click
 
 from vspfs import config as config_mod
+from vspfs import procs
 from vspfs.errors import UsageError, VspError
 
 # Exit codes of `vspfs backup` (docs/backup.md, docs/cli.md).
@@ -699,30 +700,6 @@ _LOST = {
 }
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, grandchildren...), from /proc; [] without it."""
-    children: dict[int, list[int]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return []
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def signal_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
     """Signal the command and every process it started.
 
@@ -731,7 +708,7 @@ def signal_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
     The command stays in our process group so that a terminal's Ctrl-C and
     its prompts (restic's password) keep working; the tree is found instead.
     """
-    below = descendants(proc.pid)
+    below = procs.descendants(proc.pid)
     with contextlib.suppress(OSError):
         proc.send_signal(sig)
     for pid in below:
