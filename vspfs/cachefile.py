@@ -7,7 +7,8 @@ into it; nothing here knows about inodes beyond storing their numbers.
 
 Design points that are easy to get wrong:
 
-- Ownership is an exclusive ``flock`` on the owner's own open file
+- Ownership is an exclusive lock (``winplatform.try_lock_exclusive``: flock
+  on POSIX, a LockFile byte lock on Windows) on the owner's own open file
   description, held for the object's life. A file nobody holds is *stale* (its
   daemon died) and may be removed by :func:`remove_if_stale`, which takes the
   lock itself before unlinking so that it can never race a live owner.
@@ -33,7 +34,6 @@ Design points that are easy to get wrong:
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -45,6 +45,7 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import NamedTuple
 
+from vspfs import winplatform
 from vspfs.cacheformat import (
     DEFAULT_CHUNK_SIZE,
     FLAG_ACTIVE,
@@ -125,12 +126,9 @@ class RecordInfo(NamedTuple):
 # -- low-level helpers -------------------------------------------------------------
 
 
-def _try_lock(fd: int, kind: int) -> bool:
-    try:
-        fcntl.flock(fd, kind | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+def _try_lock(fd: int, *, shared: bool = False) -> bool:
+    """Lock ``fd`` without waiting, through the platform layer (flock on POSIX)."""
+    return winplatform.try_lock_shared(fd) if shared else winplatform.try_lock_exclusive(fd)
 
 
 def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
@@ -326,7 +324,7 @@ class CacheFile:
                 raise
             try:
                 deadline = time.monotonic() + _LOCK_RETRY_S
-                while not _try_lock(fd, fcntl.LOCK_EX):
+                while not _try_lock(fd):
                     if time.monotonic() > deadline:
                         raise CacheFileError(
                             f"cache file {path} is locked by someone else right after creation"
@@ -785,9 +783,9 @@ def is_locked(path: str) -> bool:
         with _owned_lock:
             if (st.st_dev, st.st_ino) in _owned:
                 return True
-        if not _try_lock(fd, fcntl.LOCK_SH):
+        if not _try_lock(fd, shared=True):
             return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        winplatform.unlock(fd)
         return False
     finally:
         os.close(fd)
@@ -818,7 +816,7 @@ def remove_if_stale(path: str) -> bool:
             with _owned_lock:
                 if (st.st_dev, st.st_ino) in _owned:
                     return False
-            if not _try_lock(fd, fcntl.LOCK_EX):
+            if not _try_lock(fd):
                 return False
             _header_of(fd, path)
             try:

@@ -13,8 +13,10 @@ Each entry records the snapshots that needed it (its *owners*); it is removed
 when the last owner is destroyed. The live view hides the area and reports
 link counts as if the retained links did not exist (``extra_links``).
 
-The area is locked with flock while a volume is served: an area nobody holds
-was left by a daemon that died, and ``remove_stale_area`` may delete it.
+The area is locked (``winplatform.try_lock_exclusive``: flock on POSIX)
+while a volume is served: an area nobody holds was left by a daemon that
+died, and ``remove_stale_area`` may delete it. (On Windows a directory
+cannot carry a LockFile lock; docs/windows.md says what the area needs there.)
 
 Lock: ``_lock`` guards the tables; it is taken after the volume's namespace
 lock and never while waiting for anything else. An fd handed out by
@@ -25,7 +27,6 @@ the table's fd while a reader still uses its copy.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import stat as statmod
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from vspfs import winplatform
 from vspfs.cacheformat import RETAINED_DIR_NAME
 from vspfs.errors import UsageError
 
@@ -63,9 +65,7 @@ class RetainedArea:
             except FileExistsError:
                 pass
         self.fd = os.open(RETAINED_DIR_NAME, _DIR_FLAGS, dir_fd=root_fd)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not winplatform.try_lock_exclusive(self.fd):
             os.close(self.fd)
             raise UsageError(
                 f"volume {volume_name} is already served by another vspfs daemon: "
@@ -226,12 +226,9 @@ def area_is_stale(root_fd: int) -> bool | None:
     except FileNotFoundError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
+        return winplatform.try_lock_exclusive(fd)
     finally:
         os.close(fd)
-    return True
 
 
 def remove_stale_area(root_fd: int, volume_name: str) -> bool:
@@ -245,9 +242,7 @@ def remove_stale_area(root_fd: int, volume_name: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not winplatform.try_lock_exclusive(fd):
             return False
         _clear_dir(fd)
         with _root_times_kept(root_fd):
