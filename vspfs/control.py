@@ -22,14 +22,27 @@ must never be able to run code in the other process.
 
 One request per connection: connections are cheap locally, and it keeps the
 server free of per-connection state beyond one read.
+
+Transports: the channel's name chooses one. A path is a Unix socket (the
+checks above); a local pipe name (``\\\\.\\pipe\\vspfs-<user>``, the default on
+Windows) is a Windows named pipe, served by :mod:`vspfs.winpipe` (imported
+only then), with the same framing, limits, key and error replies. Its
+guards are the pipe's owner-only descriptor (``winplatform.pipe_sddl``,
+made with FILE_FLAG_FIRST_PIPE_INSTANCE and PIPE_REJECT_REMOTE_CLIENTS),
+the client process's user SID checked against the daemon's
+(``winplatform.pipe_peer_allowed``), and the key in a file whose DACL
+admits only the owner (``winplatform.key_file_sddl``). The client checks the
+pipe's descriptor (``winplatform.check_owner_only``) and the server
+process's user before it sends the key. docs/windows.md has the details.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
+import getpass
 import hmac
+import importlib
 import json
 import logging
 import os
@@ -46,7 +59,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from vspfs import errors
+from vspfs import errors, winplatform
 from vspfs.errors import DaemonNotRunning, UsageError, VspError
 
 log = logging.getLogger(__name__)
@@ -100,6 +113,8 @@ def default_socket_path() -> str:
     env = os.environ.get("VSPFS_SOCKET")
     if env:
         return env
+    if winplatform.running_on_windows():
+        return winplatform.control_pipe_name(getpass.getuser())
     uid = os.geteuid()
     if uid == 0:
         return _ROOT_SOCKET
@@ -110,8 +125,45 @@ def default_socket_path() -> str:
 
 
 def key_path_for(socket_path: str) -> str:
-    """Return the key file that goes with ``socket_path``."""
+    """Return the key file that goes with ``socket_path`` (or with a pipe name).
+
+    A socket's key sits beside it; a pipe is not a file, so its key lives in
+    the user's key directory (``winplatform.default_key_dir``).
+    """
+    if is_pipe(socket_path):
+        return winplatform.pipe_key_path(socket_path, winplatform.default_key_dir())
     return socket_path + ".key"
+
+
+def is_pipe(channel: str) -> bool:
+    """True when ``channel`` names a Windows named pipe rather than a socket path."""
+    return winplatform.is_pipe_name(channel)
+
+
+def normalize_channel(channel: str) -> str:
+    """A channel as the daemon records it: socket paths absolute, pipe names as given."""
+    return channel if is_pipe(channel) else os.path.abspath(channel)
+
+
+def _winpipe() -> Any:
+    """The named-pipe transport (:mod:`vspfs.winpipe`, ctypes): imported only when used.
+
+    A function, so that tests on Linux can give a fake with the same
+    surface and drive the pipe branches of the server and client.
+    """
+    return importlib.import_module("vspfs.winpipe")
+
+
+def _current_sid() -> str:
+    """This process's user SID (Windows); a function so tests can replace it."""
+    return winplatform.current_user_sid()
+
+
+def _pipe_unavailable(channel: str) -> UsageError:
+    return UsageError(
+        f"{channel} is a Windows named pipe, and this is {sys.platform}: "
+        "set VSPFS_SOCKET (or --socket) to a socket path"
+    )
 
 
 # --------------------------------------------------------------------- framing
@@ -220,6 +272,11 @@ def client_gone() -> bool:
     conn = getattr(_current, "conn", None)
     if conn is None:
         return False
+    if not isinstance(conn, socket.socket):
+        try:
+            return bool(conn.peer_gone())  # a pipe: PeekNamedPipe fails once the client is gone
+        except OSError:
+            return True
     poller = select.poll()  # not select(): a daemon's fds can be numbered above 1024
     poller.register(conn, select.POLLIN | select.POLLHUP | getattr(select, "POLLRDHUP", 0))
     try:
@@ -279,13 +336,14 @@ class ControlServer:
         max_connections: int = MAX_CONNECTIONS,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
-        self.socket_path = os.path.abspath(socket_path)
+        self._pipe = is_pipe(socket_path)
+        self.socket_path = normalize_channel(socket_path)
         self.key_path = key_path_for(self.socket_path)
         self._lock_path = self.socket_path + ".lock"
         self._handler = handler
         self._read_timeout = read_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._uid = os.geteuid()
+        self._uid = -1 if self._pipe else os.geteuid()  # pipes check SIDs (no uids on Windows)
         self._key = b""
         self._listener: socket.socket | None = None
         self._lock_fd: int | None = None
@@ -293,8 +351,10 @@ class ControlServer:
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
-        self._reading: set[socket.socket] = set()
+        self._reading: set[Any] = set()  # sockets, or pipe connections
         self._reading_lock = threading.Lock()
+        self._owner_sid = ""  # pipes: the daemon's user SID
+        self._pipe_listener: Any = None
 
     # -- lifecycle
 
@@ -313,6 +373,9 @@ class ControlServer:
         """
         if self._thread is not None:
             raise RuntimeError("ControlServer already started")
+        if self._pipe:
+            self._start_pipe()
+            return
         if len(os.fsencode(self.socket_path)) > _MAX_SUN_PATH:
             raise UsageError(
                 f"control socket path {self.socket_path} is longer than {_MAX_SUN_PATH} bytes: "
@@ -338,6 +401,52 @@ class ControlServer:
         self._thread.start()
         log.info("control channel listening on %s", self.socket_path)
 
+    def _start_pipe(self) -> None:
+        """Claim the pipe name (first instance), write the key, serve in a daemon thread.
+
+        The pipe's FILE_FLAG_FIRST_PIPE_INSTANCE is the lock a socket needs a
+        lock file for: a second daemon on the same name fails to create it.
+        """
+        if not winplatform.running_on_windows():
+            raise _pipe_unavailable(self.socket_path)
+        transport = _winpipe()
+        self._owner_sid = _current_sid()
+        try:
+            self._pipe_listener = transport.PipeListener(self.socket_path, self._owner_sid)
+            os.makedirs(os.path.dirname(self.key_path), exist_ok=True)
+            self._write_key_private(transport)
+        except OSError as exc:
+            self._release_files()
+            raise UsageError(
+                f"cannot set up the control pipe {self.socket_path}: {exc.strerror or exc}: "
+                "set VSPFS_SOCKET to another pipe name"
+            ) from exc
+        except BaseException:
+            self._release_files()
+            raise
+        self._thread = threading.Thread(target=self._pipe_accept_loop, name="vspfs-control", daemon=True)
+        self._thread.start()
+        log.info("control channel listening on %s", self.socket_path)
+
+    def _write_key_private(self, transport: Any) -> None:
+        """Write a fresh key into a file that only the owner (and SYSTEM) may open.
+
+        The descriptor is set when the file is created under a random
+        temporary name, then the file is moved into place (the move keeps it).
+        """
+        self._key = secrets.token_hex(32).encode("ascii")
+        directory, name = os.path.split(self.key_path)
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}")
+        transport.write_private_file(tmp, self._key + b"\n", self._owner_sid)
+        try:
+            os.replace(tmp, self.key_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        st = os.stat(self.key_path)
+        self._owned[self.key_path] = (st.st_dev, st.st_ino)
+
     def close(self) -> None:
         """Stop accepting, drop idle connections, remove the socket, key and lock files.
 
@@ -347,6 +456,8 @@ class ControlServer:
         if self._closing.is_set():
             return
         self._closing.set()
+        if self._pipe_listener is not None:
+            self._pipe_listener.close()  # wakes the accept thread
         if self._wake_w >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")
@@ -356,7 +467,7 @@ class ControlServer:
             idle = list(self._reading)
         for conn in idle:
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                conn.shutdown(socket.SHUT_RDWR)  # a pipe connection cancels its pending read
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -409,9 +520,7 @@ class ControlServer:
         """
         for _ in range(10):
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not winplatform.try_lock_exclusive(fd):
                 os.close(fd)
                 raise UsageError(
                     f"another vspfs daemon is running on {self.socket_path}: stop it first "
@@ -515,6 +624,10 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 self._listener.close()
             self._listener = None
+        if self._pipe_listener is not None:
+            with contextlib.suppress(OSError):
+                self._pipe_listener.release()
+            self._pipe_listener = None
         for path in (self.socket_path, self.key_path, self._lock_path):
             ident = self._owned.pop(path, None)
             if ident is None:
@@ -556,7 +669,28 @@ class ControlServer:
         finally:
             sel.close()
 
-    def _dispatch(self, conn: socket.socket) -> None:
+    def _pipe_accept_loop(self) -> None:
+        """Accept pipe clients until close(); the listener keeps one instance waiting."""
+        listener = self._pipe_listener
+        assert listener is not None
+        try:
+            while not self._closing.is_set():
+                try:
+                    conn = listener.accept()
+                except OSError as exc:
+                    log.warning("control pipe cannot accept: %s", exc)
+                    time.sleep(0.1)
+                    continue
+                if conn is None:
+                    return
+                if self._closing.is_set():
+                    conn.close()
+                    return
+                self._dispatch(conn)
+        except Exception:
+            log.exception("control channel accept loop failed")
+
+    def _dispatch(self, conn: Any) -> None:
         """Start a connection thread, or answer "busy" without blocking the loop."""
         if not self._slots.acquire(blocking=False):
             log.warning("control channel busy: refusing a connection")
@@ -583,17 +717,21 @@ class ControlServer:
             )
 
     @staticmethod
-    def _reply_nowait(conn: socket.socket, reply: dict) -> None:
-        """Best-effort small reply from the accept thread; never blocks on a peer."""
+    def _reply_nowait(conn: Any, reply: dict) -> None:
+        """Best-effort small reply from the accept thread; never blocks on a peer for long."""
         try:
-            conn.setblocking(False)
-            conn.send(_encode(reply))
+            if isinstance(conn, socket.socket):
+                conn.setblocking(False)
+                conn.send(_encode(reply))
+            else:
+                conn.settimeout(0.5)  # a pipe has no non-blocking send: a short deadline instead
+                conn.sendall(_encode(reply))
         except OSError:
             pass
         finally:
             conn.close()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: Any) -> None:
         """Handle one connection: authenticate, read one request, run it, reply."""
         with self._reading_lock:
             self._reading.add(conn)
@@ -626,7 +764,7 @@ class ControlServer:
             conn.close()
             self._slots.release()
 
-    def _answer(self, conn: socket.socket) -> dict | None:
+    def _answer(self, conn: Any) -> dict | None:
         """Return the reply for this connection, or None when nobody is left to answer."""
         refused = self._check_peer(conn)
         if refused is not None:
@@ -645,8 +783,10 @@ class ControlServer:
             self._reading.discard(conn)  # from here on close() lets the request finish
         return self._handle(request)
 
-    def _check_peer(self, conn: socket.socket) -> dict | None:
-        """Return an error reply unless the peer is our uid or root."""
+    def _check_peer(self, conn: Any) -> dict | None:
+        """Return an error reply unless the peer is our uid or root (pipes: our SID or SYSTEM)."""
+        if self._pipe:
+            return self._check_pipe_peer(conn)
         try:
             uid = _peer_uid(conn)
         except AccessDenied as exc:
@@ -658,6 +798,26 @@ class ControlServer:
             "AccessDenied",
             f"access denied: uid {uid} may not control the vspfs daemon of uid {self._uid} "
             "(run the command as that user or root)",
+            AccessDenied.exit_code,
+        )
+
+    def _check_pipe_peer(self, conn: Any) -> dict | None:
+        """The pipe's peer check: the client process's user SID must be ours or SYSTEM.
+
+        The pipe's descriptor already admits nobody else; this is the second
+        guard, as SO_PEERCRED is beside the socket's 0600 mode.
+        """
+        try:
+            sid = conn.peer_sid()
+        except OSError:
+            sid = None
+        if winplatform.pipe_peer_allowed(sid, self._owner_sid):
+            return None
+        log.warning("control channel: refused a client running as %s", sid or "an unknown user")
+        return _error_reply(
+            "AccessDenied",
+            f"access denied: {sid or 'a process whose user cannot be read'} may not control the vspfs "
+            f"daemon of {self._owner_sid} (run the command as that user)",
             AccessDenied.exit_code,
         )
 
@@ -773,6 +933,42 @@ def request(
     """
     path = socket_path or default_socket_path()
     payload = _encode({"key": "", "op": op, "args": {} if args is None else args})  # validate early
+    if is_pipe(path):
+        conn, key = _connect_pipe(path, timeout)
+    else:
+        conn, key = _connect_socket(path, timeout)
+    try:
+        payload = _encode({"key": key, "op": op, "args": {} if args is None else args})
+        try:
+            try:
+                conn.sendall(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon may have refused us before reading: its reply is still queued
+            reply = _recv_message(conn, None)
+        except TimeoutError:
+            raise ProtocolError(f"no reply from the vspfs daemon on {path} within {timeout} s") from None
+        except _Oversize as exc:
+            raise ProtocolError(f"the vspfs daemon's reply is too large: {exc}") from None
+        except ValueError as exc:
+            raise ProtocolError(f"malformed reply from the vspfs daemon: {exc}") from None
+        except OSError as exc:
+            raise ProtocolError(
+                f"lost the connection to the vspfs daemon on {path}: {exc.strerror or exc}"
+            ) from None
+    finally:
+        conn.close()
+    if reply is None:
+        raise ProtocolError(f"the vspfs daemon on {path} closed the connection without answering")
+    ok = reply.get("ok")
+    if ok is True:
+        return reply.get("result")
+    if ok is False:
+        _raise_reply_error(reply.get("error"))
+    raise ProtocolError("the vspfs daemon sent a reply without a valid 'ok' field")
+
+
+def _connect_socket(path: str, timeout: float | None) -> tuple[socket.socket, str]:
+    """Connect to a Unix socket, check who serves it, read the key: (socket, key)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -798,30 +994,80 @@ def request(
                 "refusing to talk to it"
             )
         key = _read_key(key_path_for(path))
-        payload = _encode({"key": key, "op": op, "args": {} if args is None else args})
-        try:
-            try:
-                sock.sendall(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the daemon may have refused us before reading: its reply is still queued
-            reply = _recv_message(sock, None)
-        except TimeoutError:
-            raise ProtocolError(f"no reply from the vspfs daemon on {path} within {timeout} s") from None
-        except _Oversize as exc:
-            raise ProtocolError(f"the vspfs daemon's reply is too large: {exc}") from None
-        except ValueError as exc:
-            raise ProtocolError(f"malformed reply from the vspfs daemon: {exc}") from None
-        except OSError as exc:
-            raise ProtocolError(
-                f"lost the connection to the vspfs daemon on {path}: {exc.strerror or exc}"
-            ) from None
-    finally:
+    except BaseException:
         sock.close()
-    if reply is None:
-        raise ProtocolError(f"the vspfs daemon on {path} closed the connection without answering")
-    ok = reply.get("ok")
-    if ok is True:
-        return reply.get("result")
-    if ok is False:
-        _raise_reply_error(reply.get("error"))
-    raise ProtocolError("the vspfs daemon sent a reply without a valid 'ok' field")
+        raise
+    return sock, key
+
+
+def _connect_pipe(path: str, timeout: float | None) -> tuple[Any, str]:
+    """Open a control pipe, check who serves it and that it is private, read the key.
+
+    The checks run before the key leaves this process: a pipe that another
+    user created first (squatting the name to collect keys) is refused by
+    its owner and access list, and a server process of another user by its
+    token's SID.
+    """
+    if not winplatform.running_on_windows():
+        raise _pipe_unavailable(path)
+    transport = _winpipe()
+    mine = _current_sid()
+    try:
+        conn = transport.connect(path, timeout)
+    except FileNotFoundError:
+        raise DaemonNotRunning(
+            f"no vspfs daemon is running on {path}: start one with `vspfs serve BACKING=L:`"
+        ) from None
+    except PermissionError:
+        raise AccessDenied(
+            f"permission denied on the control pipe {path}: the daemon belongs to another user "
+            "(run as that user)"
+        ) from None
+    except TimeoutError:
+        raise ProtocolError(f"the vspfs daemon on {path} did not accept the connection in time") from None
+    except OSError as exc:
+        raise DaemonNotRunning(f"cannot reach a vspfs daemon on {path}: {exc.strerror or exc}") from None
+    try:
+        conn.settimeout(timeout)
+        server_sid = conn.peer_sid()
+        if not winplatform.pipe_peer_allowed(server_sid, mine):
+            raise AccessDenied(
+                f"the control pipe {path} is served by "
+                f"{server_sid or 'a process whose user cannot be read'}, not by you or SYSTEM: "
+                "refusing to talk to it"
+            )
+        try:
+            winplatform.check_owner_only(conn.security(), mine)
+        except (UsageError, ValueError) as exc:
+            raise AccessDenied(f"{path}: {exc}") from None
+        key = _read_key_private(key_path_for(path), transport, mine)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, key
+
+
+def _read_key_private(key_path: str, transport: Any, owner_sid: str) -> str:
+    """Read a pipe daemon's key, refusing a file whose descriptor others could use."""
+    try:
+        data, descriptor = transport.read_private_file(key_path)
+    except FileNotFoundError:
+        raise AccessDenied(
+            f"the control key {key_path} is missing: restart the daemon (`vspfs serve BACKING=L:`)"
+        ) from None
+    except PermissionError:
+        raise AccessDenied(
+            f"cannot read the control key {key_path}: run the command as the daemon's user"
+        ) from None
+    except OSError as exc:
+        raise AccessDenied(f"cannot read the control key {key_path}: {exc.strerror or exc}") from None
+    try:
+        winplatform.check_owner_only(descriptor, owner_sid)
+    except (UsageError, ValueError):
+        raise AccessDenied(
+            f"the control key {key_path} is not a private file of yours: remove it and restart the daemon"
+        ) from None
+    key = data.decode("ascii", "replace").strip()
+    if not key:
+        raise AccessDenied(f"the control key {key_path} is empty: restart the daemon")
+    return key

@@ -387,6 +387,30 @@ def is_drive_letter(text: str) -> bool:
     return bool(_DRIVE_RE.match(text or ""))
 
 
+_DRIVE_ARG_RE = re.compile(r"^[A-Za-z]:[\\/]?$")
+
+
+def looks_like_drive_letter(text: str | None) -> bool:
+    """True for a drive-letter argument of the CLI or daemon: ``V:``, ``v:\\``, ``V:/``.
+
+    Stricter than :func:`is_drive_letter`: the colon is required, so that a
+    bare ``V`` stays what it is on every platform, a directory name relative
+    to the current directory. On Linux ``V:`` could also be a directory
+    name, but nobody means that: it is refused with
+    :func:`drive_letters_unsupported` rather than mounted on ``./V:``.
+    """
+    return bool(text) and bool(_DRIVE_ARG_RE.match(text or ""))
+
+
+def drive_letters_unsupported(text: str | None = None) -> UsageError:
+    """The one-line error for a drive letter asked for where there are none (not Windows)."""
+    what = f"{text} is a drive letter, but drive letters" if text else "drive letters"
+    return UsageError(
+        f"{what} exist only on Windows (this is {sys.platform}): mount snapshots on a directory, "
+        "e.g. vspfs mount SNAPSHOT /mnt/snap"
+    )
+
+
 def parse_drive_letter(text: str) -> str:
     """Normalise a drive letter to ``"V:"``; UsageError saying what is wrong otherwise."""
     m = _DRIVE_RE.match(text or "")
@@ -1423,9 +1447,147 @@ def resolve_links(
 
 #: what the named pipe must be created with (docs/windows.md, "Control channel")
 PIPE_CREATE_FLAGS = (
-    "PIPE_ACCESS_DUPLEX | FILE_FLAG_FIRST_PIPE_INSTANCE",
+    "PIPE_ACCESS_DUPLEX | FILE_FLAG_FIRST_PIPE_INSTANCE | FILE_FLAG_OVERLAPPED",
     "PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS",
 )
+
+# Constants of the pipe and file calls (winbase.h, winnt.h, fileapi.h, winerror.h;
+# each checked against the Microsoft documentation cited in docs/windows.md).
+PIPE_ACCESS_DUPLEX = 0x00000003
+FILE_FLAG_FIRST_PIPE_INSTANCE = 0x00080000
+FILE_FLAG_OVERLAPPED = 0x40000000
+PIPE_TYPE_BYTE = 0x00000000
+PIPE_READMODE_BYTE = 0x00000000
+PIPE_WAIT = 0x00000000
+PIPE_REJECT_REMOTE_CLIENTS = 0x00000008
+PIPE_UNLIMITED_INSTANCES = 255
+#: buffer sizes the pipe asks for: a request or reply larger than this just takes more writes
+PIPE_BUFFER_SIZE = 65536
+OPEN_EXISTING = 3
+CREATE_NEW = 1
+FILE_ATTRIBUTE_NORMAL_VALUE = 0x80
+#: CreateFile's SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION: the server may learn who
+#: the client is but cannot act as the client (a planted pipe gains nothing by impersonating)
+SECURITY_SQOS_PRESENT = 0x00100000
+SECURITY_IDENTIFICATION = 0x00010000
+ERROR_FILE_NOT_FOUND = 2
+ERROR_ACCESS_DENIED = 5
+ERROR_BROKEN_PIPE = 109
+ERROR_SEM_TIMEOUT = 121
+ERROR_PIPE_BUSY = 231
+ERROR_NO_DATA = 232
+ERROR_PIPE_NOT_CONNECTED = 233
+ERROR_PIPE_CONNECTED = 535
+ERROR_OPERATION_ABORTED = 995
+ERROR_IO_PENDING = 997
+#: Win32 errors that mean "the other end is gone": a read then reports end of stream
+PIPE_GONE_ERRORS = frozenset({ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED})
+#: the well-known SID of LocalSystem, which may use any user's control pipe (as root may use a socket)
+LOCAL_SYSTEM_SID = "S-1-5-18"
+
+
+def running_on_windows() -> bool:
+    """True on Windows: the one switch every Windows branch of the core asks.
+
+    A function rather than a constant so that tests on Linux can make the
+    Windows branches of the decision logic run (monkeypatching it), without
+    winfspy, ctypes.windll or a Windows machine.
+    """
+    return sys.platform == "win32"
+
+
+@dataclass(frozen=True)
+class PipeCreateArgs:
+    """The arguments of one ``CreateNamedPipeW`` call (all but the descriptor).
+
+    Pure, so that the exact flags are unit-tested on Linux: the first
+    instance carries FILE_FLAG_FIRST_PIPE_INSTANCE (the call fails with
+    ERROR_ACCESS_DENIED when the name exists: nobody can squat it before the
+    daemon, and a second daemon learns that one runs); later instances
+    (one per client being served) must not, or they would fail.
+    """
+
+    name: str
+    open_mode: int
+    pipe_mode: int
+    max_instances: int
+    out_buffer: int
+    in_buffer: int
+    default_timeout_ms: int
+
+
+def pipe_create_args(name: str, *, first: bool) -> PipeCreateArgs:
+    """CreateNamedPipeW arguments for the control pipe ``name`` (see :class:`PipeCreateArgs`).
+
+    Byte mode (the JSON framing carries its own lengths), blocking mode with
+    overlapped handles (so that reads have deadlines and close() can cancel
+    them), remote clients rejected (the pipe is local, like a Unix socket).
+    """
+    if not is_pipe_name(name):
+        raise UsageError(f"{name!r} is not a local pipe name such as \\\\.\\pipe\\vspfs")
+    open_mode = PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED
+    if first:
+        open_mode |= FILE_FLAG_FIRST_PIPE_INSTANCE
+    pipe_mode = PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS
+    return PipeCreateArgs(
+        name, open_mode, pipe_mode, PIPE_UNLIMITED_INSTANCES, PIPE_BUFFER_SIZE, PIPE_BUFFER_SIZE, 0
+    )
+
+
+#: CreateFileW flags of the client's end: overlapped like the server's, identification only
+PIPE_CLIENT_FLAGS = FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION
+
+
+def pipe_peer_allowed(peer_sid: str | None, owner_sid: str) -> bool:
+    """May a process running as ``peer_sid`` use the control pipe of ``owner_sid``?
+
+    The Windows twin of the Unix socket's peer check (owner or root): the
+    owner itself, or LocalSystem. None (the peer's identity could not be
+    read: it exited, or it is a protected process) is refused: the check
+    fails closed. SIDs compare case-insensitively ("s-1-5-18" is S-1-5-18).
+    """
+    if not peer_sid:
+        return False
+    peer = peer_sid.strip().upper()
+    return peer in (owner_sid.strip().upper(), LOCAL_SYSTEM_SID)
+
+
+def key_file_sddl(owner_sid: str) -> str:
+    """The control key file's descriptor: owner-only, as mode 0600 is on POSIX.
+
+    Protected (nothing inherited from the directory, whose default ACEs may
+    let Administrators or Users read), full access for the owner and
+    LocalSystem only; owner and group set explicitly so that a daemon run
+    elevated does not hand the file to the Administrators group.
+    """
+    sid = _sddl_sid(owner_sid)
+    return f"O:{sid}G:{sid}D:P(A;;FA;;;{sid})(A;;FA;;;SY)"
+
+
+def default_key_dir(environ: dict[str, str] | None = None) -> str:
+    """Where the control key files of a user's daemons live on Windows.
+
+    A named pipe is not a file, so its key cannot sit beside it as the
+    socket's does: ``%LOCALAPPDATA%\\vspfs`` (per user, not roamed), or the
+    profile's ``AppData\\Local\\vspfs`` when the variable is missing.
+    """
+    env = os.environ if environ is None else environ
+    base = env.get("LOCALAPPDATA") or ntpath.join(env.get("USERPROFILE") or "C:\\", "AppData", "Local")
+    return ntpath.join(base, "vspfs")
+
+
+def pipe_key_path(pipe_name: str, key_dir: str) -> str:
+    """The key file of the daemon listening on ``pipe_name``: ``<key_dir>\\<pipe>.key``.
+
+    The pipe's last component is a valid file name (control_pipe_name keeps
+    it to letters, digits, ``.``, ``_`` and ``-``); anything else a user put
+    in ``VSPFS_SOCKET`` is mapped to ``_`` so the key stays in ``key_dir``.
+    """
+    if not is_pipe_name(pipe_name):
+        raise UsageError(f"{pipe_name!r} is not a local pipe name such as \\\\.\\pipe\\vspfs")
+    leaf = pipe_name.replace("/", "\\")[9:]
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", leaf).strip(".") or "pipe"
+    return ntpath.join(key_dir, f"{safe}.key")
 
 
 def control_pipe_name(user: str, instance: str | None = None) -> str:
@@ -1544,6 +1706,26 @@ def try_lock_exclusive(fd: int) -> bool:
 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def try_lock_shared(fd: int) -> bool:
+    """A shared, non-blocking lock (flock LOCK_SH); False if someone holds it exclusively.
+
+    Used to ask "does a live owner hold this file?" without two askers
+    seeing each other. Windows byte-range locks taken through msvcrt have no
+    shared form, so there it is the exclusive lock: two askers at the same
+    instant may then see each other as an owner, which only makes one of
+    them keep a stale file until the next cleanup (never remove a live one).
+    """
+    if sys.platform == "win32":
+        return try_lock_exclusive(fd)
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
