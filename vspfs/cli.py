@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 import click
 
-from vspfs import __version__
+from vspfs import __version__, winplatform
 from vspfs.backup import json_text, size_text
 from vspfs.errors import DaemonNotRunning, UsageError, VspError
 
@@ -123,6 +123,32 @@ def emit(data: object, as_json: bool, human: Callable[[Any], None]) -> None:
 def _abs(path: str) -> str:
     """An absolute path as the daemon must see it (it does not share our cwd)."""
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _channel(path: str) -> str:
+    """A control channel as the daemon must see it: socket paths absolute, pipe names as given."""
+    return path if winplatform.is_pipe_name(path) else _abs(path)
+
+
+def _mount_target(target: str | None) -> str | None:
+    """A mount target as sent to the daemon: "V:" for a drive letter, else an absolute directory.
+
+    Checked here, before ``_abs``, because ``V:`` made absolute on Linux is a
+    directory named "V:" in the current directory, which nobody means: on
+    every platform but Windows a drive letter (or no target at all, which
+    means "the first free letter") is a one-line usage error.
+    """
+    if target is None or winplatform.looks_like_drive_letter(target):
+        if not winplatform.running_on_windows():
+            if target is None:
+                raise click.UsageError(
+                    "Missing argument 'DIR': give a directory to mount on (picking a free drive "
+                    "letter works only on Windows)",
+                    ctx=click.get_current_context(silent=True),
+                )
+            raise winplatform.drive_letters_unsupported(target)
+        return None if target is None else winplatform.parse_drive_letter(target)
+    return _abs(target)
 
 
 def _volume_arg(name: str) -> str:
@@ -316,7 +342,7 @@ def serve(
         specs,
         cache_volumes=caches,
         exclude_volumes=excludes,
-        socket_path=_abs(socket_path) if socket_path else (_abs(s.socket) if s.socket else None),
+        socket_path=_channel(socket_path) if socket_path else (_channel(s.socket) if s.socket else None),
         allow_other=allow_other,
         state_dir=_abs(s.state_dir) if s.state_dir else None,
     )
@@ -335,8 +361,9 @@ def snapshot() -> None:
 @click.option(
     "--mount",
     "mount_dir",
-    metavar="DIR",
-    help="Mount the snapshot read-only at DIR; with several volumes, at DIR/<volume name>.",
+    metavar="V:|DIR",
+    help="Mount the snapshot read-only at DIR (with several volumes, at DIR/<volume name>), "
+    "or on drive letter V: (Windows, one volume).",
 )
 @click.option(
     "--cache-size",
@@ -392,7 +419,7 @@ def snapshot_create(
     )
     args: dict[str, Any] = {
         "volumes": [_volume_arg(v) for v in volumes],
-        "mount": _abs(mount_dir) if mount_dir else None,
+        "mount": _mount_target(mount_dir) if mount_dir else None,
         "policy": policy or config.get("snapshot", "policy"),
         "cache_size": initial,
         "max_cache_size": maximum,
@@ -418,20 +445,24 @@ def snapshot_create(
 
 @cli.command("mount", context_settings=_CONTEXT)
 @click.argument("snapshot_id", metavar="SNAPSHOT")
-@click.argument("directory", metavar="DIR")
+@click.argument("directory", metavar="[V:|DIR]", required=False)
 @json_option
-def mount_cmd(snapshot_id: str, directory: str, as_json: bool) -> None:
-    """Mount SNAPSHOT read-only at DIR (an empty directory; made if missing)."""
-    result = call_daemon("mount", {"snapshot": snapshot_id, "dir": _abs(directory)})
+def mount_cmd(snapshot_id: str, directory: str | None, as_json: bool) -> None:
+    """Mount SNAPSHOT read-only at DIR (an empty directory; made if missing).
+
+    On Windows, on drive letter V: instead; with neither, on the first free
+    letter from V: down. Drive letters exist only on Windows.
+    """
+    result = call_daemon("mount", {"snapshot": snapshot_id, "dir": _mount_target(directory)})
     emit(result, as_json, lambda d: click.echo(f"mounted snapshot {d.get('snapshot')} at {d.get('mount')}"))
 
 
 @cli.command("unmount", context_settings=_CONTEXT)
-@click.argument("directory", metavar="DIR")
+@click.argument("directory", metavar="V:|DIR")
 @json_option
 def unmount_cmd(directory: str, as_json: bool) -> None:
-    """Unmount the virtual drive at DIR (the snapshot itself stays)."""
-    result = call_daemon("unmount", {"dir": _abs(directory)})
+    """Unmount the virtual drive at DIR or on drive letter V: (the snapshot itself stays)."""
+    result = call_daemon("unmount", {"dir": _mount_target(directory)})
     emit(
         result,
         as_json,

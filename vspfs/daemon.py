@@ -27,6 +27,12 @@ Requests run in control-channel threads; ``_lock`` serialises them so that a
 destroy cannot race a mount of the same snapshot, and teardown takes it too.
 The mount binding is imported lazily (:func:`default_backend`) because the
 core never imports a binding, and so that tests can give a fake one.
+
+Windows (docs/windows.md): live views and virtual drives are drive letters
+served by ``mount/winfsp.py``; ``BACKING=L:`` specs are parsed by
+``winplatform.parse_serve_spec``; a drive letter is never a directory to
+create. Every such branch asks :func:`on_windows`, which tests replace to run
+the Windows decisions on Linux.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import errno
 import hashlib
 import json
 import logging
+import ntpath
 import os
 import secrets
 import select
@@ -50,7 +57,7 @@ from datetime import datetime, timezone
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from vspfs import __version__
+from vspfs import __version__, winplatform
 from vspfs.errors import DaemonNotRunning, MountError, SnapshotInvalid, UsageError, VspError
 
 if TYPE_CHECKING:
@@ -77,13 +84,25 @@ _MARK = "vspfs"
 # --------------------------------------------------------------------- paths
 
 
+def on_windows() -> bool:
+    """The daemon's platform switch (drive letters, WinFsp); tests replace it."""
+    return winplatform.running_on_windows()
+
+
 def _real(path: str) -> str:
     return os.path.realpath(os.path.abspath(path))
 
 
+def _target_key(path: str) -> str:
+    """How a mount target is compared: a drive letter as "V:", a directory by its real path."""
+    if winplatform.looks_like_drive_letter(path):
+        return winplatform.parse_drive_letter(path)
+    return _real(path)
+
+
 def _inside(path: str, root: str) -> bool:
     """True if ``path`` is ``root`` or below it (both real paths)."""
-    return path == root or path.startswith(root.rstrip("/") + "/")
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def default_state_dir() -> str:
@@ -96,6 +115,8 @@ def default_state_dir() -> str:
     env = os.environ.get("VSPFS_STATE_DIR")
     if env:
         return env
+    if on_windows():
+        return ntpath.join(winplatform.default_key_dir(), "state")
     if os.geteuid() == 0:
         return "/var/lib/vspfs"
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -116,24 +137,44 @@ class VolumeSpec:
 
     @classmethod
     def parse(cls, text: str) -> VolumeSpec:
-        """Parse ``BACKING`` or ``BACKING=MOUNTPOINT``.
+        """Parse ``BACKING`` or ``BACKING=MOUNTPOINT`` (on Windows ``D:\\data=L:``).
 
         An argument that exists as a path is taken whole, so a backing
         directory whose name contains ``=`` can still be served over itself;
-        otherwise the first ``=`` separates the two paths.
+        otherwise the first ``=`` separates the two paths. On Windows the
+        platform parser is used (it keeps ``L:`` a drive letter instead of
+        making it the current directory of L:), and a live view needs a
+        target: a drive letter cannot cover its own backing directory.
         """
         if not text:
             raise UsageError("empty volume argument: give BACKING or BACKING=MOUNTPOINT")
+        if on_windows():
+            backing, target = winplatform.parse_serve_spec(text)
+            if target is None:
+                raise UsageError(
+                    f"on Windows a live view is a drive letter and cannot cover its backing directory: "
+                    f"give {text}=L: (a free letter)"
+                )
+            return cls(backing, target)
         if "=" in text and not os.path.lexists(text):
             backing, _, mountpoint = text.partition("=")
             if not backing or not mountpoint:
                 raise UsageError(f"bad volume argument {text!r}: give BACKING or BACKING=MOUNTPOINT")
+            if winplatform.looks_like_drive_letter(mountpoint):
+                raise winplatform.drive_letters_unsupported(mountpoint)
             return cls(os.path.abspath(backing), os.path.abspath(mountpoint))
         return cls(os.path.abspath(text), None)
 
     @property
+    def on_letter(self) -> bool:
+        """True when the live view is a drive letter (Windows)."""
+        return winplatform.looks_like_drive_letter(self.mountpoint)
+
+    @property
     def over(self) -> bool:
         """True when the live view is mounted over the backing directory."""
+        if self.on_letter:
+            return False
         return self.mountpoint is None or _real(self.mountpoint) == _real(self.backing)
 
     @property
@@ -307,8 +348,16 @@ def default_backend() -> MountBackend:
     """The platform's adapter module, imported only when a daemon starts.
 
     Imported late so that the CLI (and ``vspfs cleanup``) work where the
-    binding is not installed, and so the core never imports a binding.
+    binding is not installed, and so the core never imports a binding. On
+    Windows it is ``mount/winfsp.py``, which itself loads winfspy only when
+    it mounts (and says what to install when it cannot).
     """
+    if on_windows():
+        try:
+            from mount import winfsp  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise MountError(f"the WinFsp adapter cannot be loaded ({exc}): reinstall vspfs") from None
+        return winfsp  # type: ignore[return-value]
     try:
         from mount import fuse  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -322,7 +371,10 @@ def default_backend() -> MountBackend:
 
 
 def socket_key(socket_path: str) -> str:
-    """A short name for one daemon (by its socket) among those sharing a state directory."""
+    """A short name for one daemon (by its socket or pipe) among those sharing a state directory."""
+    if winplatform.is_pipe_name(socket_path):
+        name = socket_path.replace("/", "\\").lower()  # pipe names are case-insensitive
+        return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return hashlib.sha256(os.fsencode(_real(socket_path))).hexdigest()[:12]
 
 
@@ -421,14 +473,14 @@ class Daemon:
         backend: MountBackend | None = None,
         exclude_volumes: Iterable[str] = (),
     ) -> None:
-        from vspfs.control import default_socket_path
+        from vspfs.control import default_socket_path, normalize_channel
         from vspfs.jobs import JobManager
 
         self.specs = list(volumes)
         self.cache_volumes = [os.path.abspath(c) for c in cache_volumes]
         #: the VSP Volume Exclude List: volumes (or trees) that are never snapshotted
         self.exclude_volumes = [_real(e) for e in exclude_volumes]
-        self.socket_path = os.path.abspath(socket_path or default_socket_path())
+        self.socket_path = normalize_channel(socket_path or default_socket_path())
         self.allow_other = allow_other
         self.state_dir = os.path.abspath(state_dir or default_state_dir())
         self._backend = backend
@@ -509,7 +561,7 @@ class Daemon:
                 vol = self.provider.add_volume(spec.backing)
             except OSError as exc:
                 raise UsageError(f"cannot open volume {spec.backing}: {exc.strerror or exc}") from None
-            target = _real(spec.target)
+            target = _target_key(spec.target)
             vol.mountpoint = target
             self._live.append(_Live(spec, vol, target))
 
@@ -657,8 +709,13 @@ class Daemon:
         backings: dict[str, VolumeSpec] = {}
         targets: dict[str, VolumeSpec] = {}
         for spec in self.specs:
+            if spec.on_letter:
+                assert spec.mountpoint is not None
+                if not on_windows():
+                    raise winplatform.drive_letters_unsupported(spec.mountpoint)
+                winplatform.check_drive_letter(spec.mountpoint)  # bad or taken: UsageError
             for role, path in (("volume", spec.backing), ("mountpoint", spec.mountpoint)):
-                if path is None:
+                if path is None or (role == "mountpoint" and spec.on_letter):
                     continue
                 if is_dead_mount(path) and not detach_dead_mount(path):
                     raise UsageError(
@@ -684,7 +741,7 @@ class Daemon:
                         "serve directories that do not nest"
                     )
             backings[real] = spec
-            target = _real(spec.target)
+            target = _target_key(spec.target)
             if target in targets:
                 raise UsageError(f"mountpoint {spec.target} is used for two volumes")
             targets[target] = spec
@@ -700,7 +757,7 @@ class Daemon:
         for cv in self.cache_volumes:
             if not os.path.isdir(cv):
                 raise UsageError(f"cache volume {cv} is not a directory: create it or name another")
-        if self.allow_other and os.geteuid() != 0 and not _fuse_conf_allows_other():
+        if self.allow_other and not on_windows() and os.geteuid() != 0 and not _fuse_conf_allows_other():
             raise UsageError("--allow-other needs 'user_allow_other' in /etc/fuse.conf when not run as root")
 
     def _previous_record(self) -> dict[str, Any] | None:
@@ -951,13 +1008,39 @@ class Daemon:
 
     # -- mount directories
 
-    def _prepare_mount_dir(self, path: str) -> tuple[str, bool]:
+    def _prepare_drive_letter(self, path: str | None) -> str:
+        """Check a drive letter for a virtual drive ("V:"), or pick the first free one.
+
+        Never creates anything: a drive letter is not a directory. Drive
+        letters exist only on Windows; elsewhere this is the one-line
+        UsageError that says so. A letter this daemon already uses is
+        MountError (as an occupied directory is); a bad letter, or one
+        Windows reports in use, is UsageError.
+        """
+        if not on_windows():
+            raise winplatform.drive_letters_unsupported(path)
+        ours = {d.path: f"snapshot {d.snapshot_id}" for d in self._drives}
+        ours.update({lv.mountpoint: f"the live view of {lv.volume.backing}" for lv in self._live})
+        if path is None:
+            return winplatform.first_free_letter(lambda: set(winplatform.taken_letters_windows()) | set(ours))
+        letter = winplatform.parse_drive_letter(path)
+        if letter in ours:
+            raise MountError(
+                f"drive {letter} already shows {ours[letter]}: unmount it first or choose another"
+            )
+        return winplatform.check_drive_letter(letter)
+
+    def _prepare_mount_dir(self, path: str | None) -> tuple[str, bool]:
         """Check (and create if missing) a virtual drive directory; (real path, created).
 
         A missing parent or a non-directory is a bad argument (UsageError,
         exit 2); a directory that cannot take a mount because something
         occupies it (a drive, another mount, files) is MountError (exit 8).
+        A drive letter (or None: the first free one, Windows only) is
+        checked by :meth:`_prepare_drive_letter` and never created.
         """
+        if path is None or winplatform.looks_like_drive_letter(path):
+            return self._prepare_drive_letter(path), False
         created = False
         try:
             if not os.path.lexists(path):
@@ -998,8 +1081,8 @@ class Daemon:
             raise
         return real, created
 
-    def _mount_drive(self, snap: Snapshot, path: str) -> _Drive:
-        """Mount ``snap`` read-only at ``path`` (a directory, made if missing)."""
+    def _mount_drive(self, snap: Snapshot, path: str | None) -> _Drive:
+        """Mount ``snap`` read-only at ``path`` (a directory, made if missing, or a drive letter)."""
         assert self._backend is not None
         real, created = self._prepare_mount_dir(path)
         backend = self._backend
@@ -1176,7 +1259,16 @@ class Daemon:
             if vol not in vols:
                 vols.append(vol)
         targets: list[str | None] = [None] * len(vols)
-        if mount is not None:
+        if mount is not None and winplatform.looks_like_drive_letter(mount):
+            if not on_windows():
+                raise winplatform.drive_letters_unsupported(mount)
+            if len(vols) != 1:
+                raise UsageError(
+                    f"drive {mount} can show one snapshot: with several volumes give a directory, "
+                    "or mount each snapshot on its own letter afterwards (vspfs mount SNAPSHOT V:)"
+                )
+            targets = [mount]
+        elif mount is not None:
             if not os.path.isabs(mount):
                 raise UsageError(f"mount directory {mount} must be an absolute path")
             if len(vols) == 1:
@@ -1244,8 +1336,11 @@ class Daemon:
 
     def _op_mount(self, args: dict[str, Any]) -> dict[str, Any]:
         snap = self._snapshot(_req_str(args, "snapshot"))
-        path = _req_str(args, "dir")
-        if not os.path.isabs(path):
+        path = _opt_str(args, "dir")  # None: the first free drive letter from V: down (Windows)
+        if path is None or winplatform.looks_like_drive_letter(path):
+            if not on_windows():
+                raise winplatform.drive_letters_unsupported(path)
+        elif not os.path.isabs(path):
             raise UsageError(f"mount directory {path} must be an absolute path")
         if not snap.valid:
             # its drive could only answer EIO: say so now rather than after a backup started
@@ -1257,7 +1352,9 @@ class Daemon:
 
     def _op_unmount(self, args: dict[str, Any]) -> dict[str, Any]:
         path = _req_str(args, "dir")
-        real = _real(path)
+        if winplatform.looks_like_drive_letter(path) and not on_windows():
+            raise winplatform.drive_letters_unsupported(path)
+        real = _target_key(path)
         for drive in self._drives:
             if drive.path == real:
                 self._unmount_drive(drive)
