@@ -152,7 +152,13 @@ def _mount_target(target: str | None) -> str | None:
 
 
 def _volume_arg(name: str) -> str:
-    """A VOLUME as sent to the daemon: a path made absolute, or a bare name/id as is."""
+    """A VOLUME as sent to the daemon: a path made absolute, or a bare name/id as is.
+
+    A drive letter (a live view on Windows) goes as "L:": made absolute it
+    would become the current directory of that drive.
+    """
+    if winplatform.looks_like_drive_letter(name):
+        return winplatform.parse_drive_letter(name)
     if "/" in name or os.path.exists(name) or name in (".", ".."):
         return _abs(name)
     return name

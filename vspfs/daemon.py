@@ -929,7 +929,15 @@ class Daemon:
     # -- naming
 
     def find_volume(self, name: str) -> Volume:
-        """A served volume named by its backing path, its live-view path, its id or its name."""
+        """A served volume named by its backing path, its live-view path, its id or its name.
+
+        On Windows the live view's drive letter names it too ("L:").
+        """
+        if winplatform.looks_like_drive_letter(name):
+            letter = winplatform.parse_drive_letter(name)
+            for live in self._live:
+                if live.mountpoint == letter:
+                    return live.volume
         if os.path.isabs(name):
             real = _real(name)
             for live in self._live:
