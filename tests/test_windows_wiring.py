@@ -1,0 +1,273 @@
+"""Drive letters in the daemon and the CLI, both platforms' branches, on Linux.
+
+On Linux a drive letter is a one-line usage error (exit 2) that never
+creates a directory named "V:". The Windows branch of the same logic runs
+here too: ``winplatform.running_on_windows`` is replaced, the letters in use
+are injected (``winplatform.taken_letters_windows``), and a fake mount
+backend records what the daemon would mount, so the daemon's choice of
+letters, its refusals and its bookkeeping are tested without winfspy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vspfs import daemon as daemon_mod
+from vspfs import winplatform as wp
+from vspfs.cli import main
+from vspfs.daemon import Daemon, VolumeSpec, default_backend
+from vspfs.errors import MountError, UsageError
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out, err = capsys.readouterr()
+    code = exc.value.code
+    return (0 if code is None else int(code)), out, err
+
+
+@pytest.fixture
+def short_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="vsw")
+    monkeypatch.chdir(d)  # a "V:" directory would be made here
+    monkeypatch.setenv("VSPFS_SOCKET", os.path.join(d, "none.sock"))
+    monkeypatch.setenv("VSPFS_STATE_DIR", os.path.join(d, "state"))
+    monkeypatch.delenv("VSPFS_DEBUG", raising=False)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def windows(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Take the Windows branches; the returned set is the letters "in use" (mutable)."""
+    taken = {"C:", "D:"}
+    monkeypatch.setattr(wp, "running_on_windows", lambda: True)
+    monkeypatch.setattr(wp, "taken_letters_windows", lambda: set(taken))
+    return taken
+
+
+# --------------------------------------------------------------- Linux branch
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mount", "SNAP", "V:"],
+        ["mount", "SNAP", "v:\\"],
+        ["mount", "SNAP", "V:/"],
+        ["unmount", "V:"],
+        ["snapshot", "create", "/srv/data", "--mount", "W:"],
+        ["serve", "/srv/data=L:"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_drive_letter_on_linux_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], short_dir: str, args: list[str]
+) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vspfs: error: ")
+    assert "drive letters exist only on Windows" in err
+    assert "Traceback" not in err
+    assert os.listdir(short_dir) == []  # no directory named "V:" (nor anything else)
+
+
+def test_mount_without_target_on_linux_asks_for_a_directory(
+    capsys: pytest.CaptureFixture[str], short_dir: str
+) -> None:
+    code, _out, err = run(capsys, "mount", "SNAP")
+    assert code == 2
+    assert "give a directory" in err and "only on Windows" in err and "--help" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_bare_letter_stays_a_directory_name() -> None:
+    assert not wp.looks_like_drive_letter("V")
+    assert wp.looks_like_drive_letter("V:")
+
+
+def test_volume_spec_on_linux_refuses_a_letter(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="only on Windows"):
+        VolumeSpec.parse(f"{tmp_path}=L:")
+    spec = VolumeSpec.parse(f"{tmp_path}={tmp_path}/live")
+    assert spec.mountpoint == f"{tmp_path}/live" and not spec.on_letter
+
+
+def test_daemon_never_makes_a_directory_for_a_letter_on_linux(short_dir: str) -> None:
+    d = Daemon([VolumeSpec(short_dir)], socket_path=os.path.join(short_dir, "s.sock"))
+    for target in ("V:", "v:\\", None):
+        with pytest.raises(UsageError, match="only on Windows"):
+            d._prepare_mount_dir(target)
+    assert os.listdir(short_dir) == []
+
+
+# ------------------------------------------------------------- Windows branch
+
+
+def test_backend_and_specs_on_windows(windows: set[str]) -> None:
+    import mount.winfsp
+
+    assert default_backend() is mount.winfsp  # and winfspy is still not imported
+    spec = VolumeSpec.parse("D:\\data=l:")
+    assert (spec.backing, spec.mountpoint, spec.on_letter, spec.over) == ("D:\\data", "L:", True, False)
+    assert VolumeSpec.parse("\\\\srv\\share\\x=M:\\").mountpoint == "M:"
+    with pytest.raises(UsageError, match="give D:\\\\data=L:"):
+        VolumeSpec.parse("D:\\data")
+    with pytest.raises(UsageError, match=r"bad drive letter|bad mount target"):
+        VolumeSpec.parse("D:\\data=LL:")
+
+
+def test_prepare_drive_letter_on_windows(windows: set[str], short_dir: str) -> None:
+    d = Daemon([VolumeSpec(short_dir)], socket_path=os.path.join(short_dir, "s.sock"))
+    assert d._prepare_mount_dir("v:") == ("V:", False)
+    assert d._prepare_mount_dir(None) == ("V:", False)
+    windows.add("V:")
+    assert d._prepare_mount_dir(None) == ("U:", False)
+    with pytest.raises(UsageError, match="drive V: is already in use"):
+        d._prepare_mount_dir("V:")
+    windows.update(f"{chr(c)}:" for c in range(ord("D"), ord("W")))
+    with pytest.raises(UsageError, match="no free drive letter"):
+        d._prepare_mount_dir(None)
+    assert os.listdir(short_dir) == []
+
+
+class FakeHandle:
+    def __init__(self, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True
+
+    def unmount(self, timeout: float) -> None:
+        pass
+
+
+class FakeBackend:
+    """Records the targets the daemon hands to the adapter; mounts nothing."""
+
+    def __init__(self) -> None:
+        self.live: list[tuple[str, bool]] = []
+        self.drives: list[str] = []
+
+    def mount_live(self, volume: object, mountpoint: str, *, allow_other: bool = False, over: bool = False):
+        self.live.append((mountpoint, over))
+        return FakeHandle(mountpoint)
+
+    def mount_snapshot(self, snapshot: object, mountpoint: str, *, allow_other: bool = False):
+        self.drives.append(mountpoint)
+        return FakeHandle(mountpoint)
+
+
+@pytest.fixture
+def letter_daemon(windows: set[str], short_dir: str) -> Iterator[dict[str, Any]]:
+    """A real daemon (real provider, real socket) whose live view is on L:, as on Windows."""
+    pytest.importorskip("vspfs.provider")
+    backing = os.path.join(short_dir, "data")
+    cache = os.path.join(short_dir, "cache")
+    os.mkdir(backing)
+    os.mkdir(cache)
+    Path(backing, "f.txt").write_text("x")
+    backend = FakeBackend()
+    d = Daemon(
+        [VolumeSpec(backing, "L:")],
+        cache_volumes=[cache],
+        socket_path=os.environ["VSPFS_SOCKET"],
+        state_dir=os.environ["VSPFS_STATE_DIR"],
+        backend=backend,  # type: ignore[arg-type]
+    )
+    try:
+        d.start()
+        yield {"daemon": d, "backend": backend, "backing": os.path.realpath(backing), "dir": short_dir}
+    finally:
+        assert d.shutdown()
+
+
+def _json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_daemon_mounts_on_letters(
+    capsys: pytest.CaptureFixture[str], letter_daemon: dict[str, Any], windows: set[str]
+) -> None:
+    backend: FakeBackend = letter_daemon["backend"]
+    assert backend.live == [("L:", False)]
+    listing = _json(capsys, "list")
+    assert listing["volumes"][0]["mountpoint"] == "L:"
+    snap = _json(capsys, "snapshot", "create", "L:", "--mount", "v:")["snapshots"][0]
+    assert snap["mount"] == "V:"
+    # without a letter: the first free one from V: down, skipping our own V: and L:
+    assert _json(capsys, "mount", snap["id"])["mount"] == "U:"
+    code, _, err = run(capsys, "mount", snap["id"], "V:")
+    assert code == 8 and "already shows snapshot" in err
+    code, _, err = run(capsys, "mount", snap["id"], "L:")
+    assert code == 8 and "live view" in err
+    code, _, err = run(capsys, "mount", snap["id"], "C:")
+    assert code == 2 and "drive C: is already in use" in err
+    assert backend.drives == ["V:", "U:"]
+    status = _json(capsys, "status", snap["id"])
+    assert sorted(status["mounts"]) == ["U:", "V:"]
+    assert _json(capsys, "unmount", "u:\\")["unmounted"] == "U:"
+    code, _, err = run(capsys, "unmount", "L:")
+    assert code == 2 and "live view" in err
+    assert _json(capsys, "destroy", snap["id"])["destroyed"] == [snap["id"]]
+    for name in ("V:", "U:", "L:"):  # nothing was ever created for a letter
+        assert not os.path.lexists(os.path.join(letter_daemon["dir"], name))
+        assert not os.path.lexists(name)
+
+
+def test_several_volumes_cannot_share_one_letter(windows: set[str], short_dir: str) -> None:
+    pytest.importorskip("vspfs.provider")
+    dirs = [os.path.join(short_dir, n) for n in ("a", "b", "cache")]
+    for x in dirs:
+        os.mkdir(x)
+    d = Daemon(
+        [VolumeSpec(dirs[0], "L:"), VolumeSpec(dirs[1], "M:")],
+        cache_volumes=[dirs[2]],
+        socket_path=os.environ["VSPFS_SOCKET"],
+        state_dir=os.environ["VSPFS_STATE_DIR"],
+        backend=FakeBackend(),  # type: ignore[arg-type]
+    )
+    try:
+        d.start()
+        with pytest.raises(UsageError, match="can show one snapshot"):
+            d._op_snapshot_create({"volumes": ["L:", "m:"], "mount": "V:"})
+        assert d.provider is not None and not d.provider.snapshots  # refused before any snapshot
+    finally:
+        assert d.shutdown()
+
+
+def test_taken_live_letter_is_refused_before_anything_starts(windows: set[str], short_dir: str) -> None:
+    windows.add("L:")
+    d = Daemon(
+        [VolumeSpec(short_dir, "L:")], socket_path=os.path.join(short_dir, "s.sock"), backend=FakeBackend()
+    )  # type: ignore[arg-type]
+    try:
+        with pytest.raises(UsageError, match="drive L: is already in use"):
+            d.start()
+    finally:
+        d.shutdown()
+
+
+def test_on_windows_switch_is_the_platform_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert daemon_mod.on_windows() is False
+    monkeypatch.setattr(wp, "running_on_windows", lambda: True)
+    assert daemon_mod.on_windows() is True
+    with pytest.raises(MountError, match="drive letters need Windows"):
+        import mount.winfsp
+
+        mount.winfsp.load_winfspy()
