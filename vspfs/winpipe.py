@@ -246,9 +246,10 @@ class PipeConnection:
                 return
             self._closed = True
         _kernel32.SetEvent(self._cancel)
-        if self.server:
-            _kernel32.FlushFileBuffers(self.handle)  # the reply reaches the client before the disconnect
-            _kernel32.DisconnectNamedPipe(self.handle)
+        # Only CloseHandle: a server end that is closed leaves unread data readable by
+        # the client (the pipe's "closing" state, MS-FSCC 2.3.46), whereas
+        # DisconnectNamedPipe would discard the reply, and FlushFileBuffers would wait
+        # for a client that may never read. Instances are never reused once connected.
         _kernel32.CloseHandle(self.handle)
         _kernel32.CloseHandle(self._cancel)
         _kernel32.CloseHandle(self._io_event)
