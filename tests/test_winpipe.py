@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -397,3 +398,179 @@ def test_long_request_notices_a_client_that_left(
     while not _gone and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _gone == [True]
+
+
+# ------------------------------------ vspfs.winpipe itself, over a fake Win32
+
+
+class _FakeFunction:
+    """One DLL export: records its declared signature and its calls."""
+
+    def __init__(self, dll: _FakeDll, name: str) -> None:
+        self.dll = dll
+        self.name = name
+        self.restype: object = None
+        self.argtypes: object = None
+
+    def __call__(self, *args: object) -> object:
+        self.dll.calls.append((self.name, args))
+        behaviour = self.dll.behaviour.get(self.name)
+        if behaviour is None:
+            return 1
+        return behaviour(*args)
+
+
+class _FakeDll:
+    def __init__(self, name: str, **_: object) -> None:
+        self.name = name
+        self.functions: dict[str, _FakeFunction] = {}
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+        self.behaviour: dict[str, Callable[..., object]] = {}
+
+    def __getattr__(self, name: str) -> _FakeFunction:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.functions.setdefault(name, _FakeFunction(self, name))
+
+
+@pytest.fixture
+def winpipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Import vspfs.winpipe against fake kernel32/advapi32 (ctypes' Windows parts faked)."""
+    import ctypes
+    import importlib
+    import sys
+
+    dlls: dict[str, _FakeDll] = {}
+    last_error = [0]
+
+    def win_dll(name: str, **kw: object) -> _FakeDll:
+        return dlls.setdefault(name, _FakeDll(name, **kw))
+
+    def win_error(code: int | None = None) -> OSError:
+        exc = OSError(None, f"Win32 error {code}", None, code)
+        exc.winerror = code  # type: ignore[attr-defined]  # Linux OSError drops it
+        return exc
+
+    monkeypatch.setattr(ctypes, "WinDLL", win_dll, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: last_error[0], raising=False)
+    monkeypatch.setattr(ctypes, "WinError", win_error, raising=False)
+    monkeypatch.setattr(wp, "running_on_windows", lambda: True)
+    sys.modules.pop("vspfs.winpipe", None)
+    module = importlib.import_module("vspfs.winpipe")
+    module.fake_dlls = dlls
+    module.set_last_error = lambda code: last_error.__setitem__(0, code)
+    try:
+        yield module
+    finally:
+        sys.modules.pop("vspfs.winpipe", None)
+
+
+def test_every_win32_function_has_a_declared_signature(winpipe: Any) -> None:
+    kernel32 = winpipe.fake_dlls["kernel32"].functions
+    advapi32 = winpipe.fake_dlls["advapi32"].functions
+    for name, count in {
+        "CreateNamedPipeW": 8,
+        "ConnectNamedPipe": 2,
+        "DisconnectNamedPipe": 1,
+        "CreateFileW": 7,
+        "WaitNamedPipeW": 2,
+        "ReadFile": 5,
+        "WriteFile": 5,
+        "GetOverlappedResult": 4,
+        "CancelIoEx": 2,
+        "PeekNamedPipe": 6,
+        "CreateEventW": 4,
+        "WaitForMultipleObjects": 4,
+        "GetNamedPipeClientProcessId": 2,
+        "GetNamedPipeServerProcessId": 2,
+        "OpenProcess": 3,
+    }.items():
+        assert len(kernel32[name].argtypes) == count, name  # type: ignore[arg-type]
+    for name, count in {
+        "OpenProcessToken": 3,
+        "GetTokenInformation": 5,
+        "ConvertSidToStringSidW": 2,
+        "ConvertStringSecurityDescriptorToSecurityDescriptorW": 4,
+        "GetKernelObjectSecurity": 5,
+    }.items():
+        assert len(advapi32[name].argtypes) == count, name  # type: ignore[arg-type]
+    import ctypes
+    from ctypes import wintypes
+
+    # OVERLAPPED is Internal, InternalHigh (ULONG_PTR), Offset, OffsetHigh (DWORD), hEvent:
+    # 32 bytes on 64-bit Windows, where DWORD (c_ulong) has 4 bytes (8 on Linux)
+    pointer = ctypes.sizeof(ctypes.c_void_p)
+    expected = 2 * ctypes.sizeof(ctypes.c_size_t) + 2 * ctypes.sizeof(wintypes.DWORD) + pointer
+    assert ctypes.sizeof(winpipe.OVERLAPPED) == expected
+    assert [f[0] for f in winpipe.OVERLAPPED._fields_] == [
+        "Internal",
+        "InternalHigh",
+        "Offset",
+        "OffsetHigh",
+        "hEvent",
+    ]
+
+
+def test_listener_creates_the_first_instance_with_the_owner_only_descriptor(winpipe: Any) -> None:
+    kernel32 = winpipe.fake_dlls["kernel32"]
+    advapi32 = winpipe.fake_dlls["advapi32"]
+    kernel32.behaviour["CreateNamedPipeW"] = lambda *a: 0x100
+    kernel32.behaviour["CreateEventW"] = lambda *a: 0x200
+    listener = winpipe.PipeListener(PIPE, OWNER)
+    sddl_calls = [a for n, a in advapi32.calls if n == "ConvertStringSecurityDescriptorToSecurityDescriptorW"]
+    assert sddl_calls[0][0] == wp.pipe_sddl(OWNER) and sddl_calls[0][1] == 1  # SDDL_REVISION_1
+    (args,) = [a for n, a in kernel32.calls if n == "CreateNamedPipeW"]
+    first = wp.pipe_create_args(PIPE, first=True)
+    assert args[:7] == (PIPE, first.open_mode, first.pipe_mode, 255, 65536, 65536, 0)
+    # the name is taken: ERROR_ACCESS_DENIED on a first instance is a usage error
+    kernel32.behaviour["CreateNamedPipeW"] = lambda *a: winpipe.INVALID_HANDLE_VALUE
+    winpipe.set_last_error(wp.ERROR_ACCESS_DENIED)
+    with pytest.raises(UsageError, match="already listens"):
+        winpipe.PipeListener(PIPE, OWNER)
+    listener.release()
+
+
+def _connection(winpipe: Any) -> Any:
+    kernel32 = winpipe.fake_dlls["kernel32"]
+    kernel32.behaviour["CreateEventW"] = lambda *a: 0x300
+    return winpipe.PipeConnection(0x400, server=True)
+
+
+def test_overlapped_read_takes_its_count_from_the_overlapped_result(winpipe: Any) -> None:
+    kernel32 = winpipe.fake_dlls["kernel32"]
+    conn = _connection(winpipe)
+
+    def read_file(handle: int, buf: Any, n: int, count: object, ov: object) -> int:
+        assert count is None  # asynchronous: the count comes from GetOverlappedResult
+        buf.value = b"hello"
+        winpipe.set_last_error(wp.ERROR_IO_PENDING)
+        return 0
+
+    def result(handle: int, ov: Any, count: Any, wait: bool) -> int:
+        count._obj.value = 5
+        return 1
+
+    kernel32.behaviour["ReadFile"] = read_file
+    kernel32.behaviour["WaitForMultipleObjects"] = lambda *a: 0  # WAIT_OBJECT_0: our I/O event
+    kernel32.behaviour["GetOverlappedResult"] = result
+    conn.settimeout(1.0)
+    assert conn.recv(16) == b"hello"
+    waits = [a for n, a in kernel32.calls if n == "WaitForMultipleObjects"]
+    assert waits[-1][0] == 2 and waits[-1][3] == 1000  # two events, the timeout in ms
+
+    kernel32.behaviour["ReadFile"] = lambda *a: (winpipe.set_last_error(wp.ERROR_BROKEN_PIPE), 0)[1]
+    assert conn.recv(16) == b""  # the client closed: end of stream
+
+
+def test_overlapped_read_times_out_and_cancels(winpipe: Any) -> None:
+    kernel32 = winpipe.fake_dlls["kernel32"]
+    conn = _connection(winpipe)
+    kernel32.behaviour["ReadFile"] = lambda *a: (winpipe.set_last_error(wp.ERROR_IO_PENDING), 0)[1]
+    kernel32.behaviour["WaitForMultipleObjects"] = lambda *a: winpipe.WAIT_TIMEOUT
+    conn.settimeout(0.25)
+    with pytest.raises(TimeoutError):
+        conn.recv(4)
+    names = [n for n, _ in kernel32.calls]
+    assert names.index("CancelIoEx") < len(names) - 1 - names[::-1].index("GetOverlappedResult")
+    conn.close()
+    assert ("DisconnectNamedPipe", (0x400,)) not in kernel32.calls  # the reply must stay readable

@@ -26,6 +26,7 @@ code is shared: :class:`PipeConnection` has ``recv``, ``sendall``,
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from ctypes import wintypes
@@ -218,7 +219,7 @@ class PipeConnection:
         """Up to ``n`` bytes; b"" once the other end closed (ERROR_BROKEN_PIPE)."""
         buf = ctypes.create_string_buffer(n)
         try:
-            got = self._io(lambda ov, count: _kernel32.ReadFile(self.handle, buf, n, count, ov), "ReadFile")
+            got = self._io(lambda ov: _kernel32.ReadFile(self.handle, buf, n, None, ov), "ReadFile")
         except OSError as exc:
             if getattr(exc, "winerror", None) in wp.PIPE_GONE_ERRORS:
                 return b""
@@ -229,9 +230,8 @@ class PipeConnection:
         view = memoryview(data)
         while view:
             chunk = bytes(view[: wp.PIPE_BUFFER_SIZE])
-            sent = self._io(
-                lambda ov, count, c=chunk: _kernel32.WriteFile(self.handle, c, len(c), count, ov), "WriteFile"
-            )
+            write = functools.partial(_kernel32.WriteFile, self.handle, chunk, len(chunk), None)
+            sent = self._io(write, "WriteFile")
             if sent <= 0:
                 raise BrokenPipeError("the other end of the control pipe stopped reading")
             view = view[sent:]
@@ -281,12 +281,17 @@ class PipeConnection:
     # -- overlapped plumbing
 
     def _io(self, start: Any, what: str) -> int:
-        """Run one overlapped ReadFile/WriteFile to completion, timeout or cancel."""
+        """Run one overlapped ReadFile/WriteFile to completion, timeout or cancel.
+
+        The byte count comes from GetOverlappedResult only: for an
+        asynchronous call ReadFile's and WriteFile's own count must be NULL
+        ("to avoid potentially erroneous results", their documentation says).
+        """
         ov = OVERLAPPED()
         _kernel32.ResetEvent(self._io_event)
         ov.hEvent = self._io_event
         count = wintypes.DWORD(0)
-        if not start(ctypes.byref(ov), ctypes.byref(count)):
+        if not start(ctypes.byref(ov)):
             code = ctypes.get_last_error()
             if code != wp.ERROR_IO_PENDING:
                 raise _error(what, code)
@@ -412,7 +417,9 @@ def connect(name: str, timeout: float | None) -> PipeConnection:
         code = ctypes.get_last_error()
         if code != wp.ERROR_PIPE_BUSY:
             raise _error(f"CreateFileW {name}", code)
-        if not _kernel32.WaitNamedPipeW(name, wait_ms):
+        # fails at once when no instance exists (CreateFileW then says so), with
+        # ERROR_SEM_TIMEOUT when every instance stayed busy
+        if not _kernel32.WaitNamedPipeW(name, wait_ms) and ctypes.get_last_error() == wp.ERROR_SEM_TIMEOUT:
             raise TimeoutError(f"{name} stayed busy")
     raise TimeoutError(f"{name} stayed busy")
 
