@@ -574,3 +574,30 @@ def test_overlapped_read_times_out_and_cancels(winpipe: Any) -> None:
     assert names.index("CancelIoEx") < len(names) - 1 - names[::-1].index("GetOverlappedResult")
     conn.close()
     assert ("DisconnectNamedPipe", (0x400,)) not in kernel32.calls  # the reply must stay readable
+
+
+def test_accept_hands_over_a_connected_instance_after_making_the_next(winpipe: Any) -> None:
+    kernel32 = winpipe.fake_dlls["kernel32"]
+    handles = iter(range(0x100, 0x200))
+    kernel32.behaviour["CreateNamedPipeW"] = lambda *a: next(handles)
+    kernel32.behaviour["CreateEventW"] = lambda *a: 0x900
+
+    # a client connected between CreateNamedPipeW and ConnectNamedPipe: a good connection
+    def connected(*args: object) -> int:
+        winpipe.set_last_error(wp.ERROR_PIPE_CONNECTED)
+        return 0
+
+    kernel32.behaviour["ConnectNamedPipe"] = connected
+    listener = winpipe.PipeListener(PIPE, OWNER)
+    conn = listener.accept()
+    assert conn is not None and conn.handle == 0x100 and conn.server
+    creates = [a for n, a in kernel32.calls if n == "CreateNamedPipeW"]
+    assert [c[1] for c in creates] == [
+        wp.pipe_create_args(PIPE, first=True).open_mode,
+        wp.pipe_create_args(PIPE, first=False).open_mode,  # later instances never ask to be first
+    ]
+    listener.close()
+    assert listener.accept() is None
+    listener.release()
+    closed = [a[0] for n, a in kernel32.calls if n == "CloseHandle"]
+    assert 0x101 in closed and 0x100 not in closed  # the pending instance goes; the client's stays

@@ -329,6 +329,7 @@ class PipeListener:
         self._stop = _event()
         self._connect_event = _event()
         self._closed = False
+        self._pending: int | None = None
         try:
             self._pending = self._instance(first=True)
         except BaseException:
@@ -360,6 +361,8 @@ class PipeListener:
     def accept(self) -> PipeConnection | None:
         """Wait for the next client; None once :meth:`close` was called."""
         while not self._closed:
+            if self._pending is None:  # the last attempt to make one failed: try again
+                self._pending = self._instance(first=False)
             handle = self._pending
             ov = OVERLAPPED()
             _kernel32.ResetEvent(self._connect_event)
@@ -382,8 +385,13 @@ class PipeListener:
                     continue
                 elif code != wp.ERROR_PIPE_CONNECTED:
                     raise _error("ConnectNamedPipe", code)
-            self._pending = self._instance(first=False)
-            return PipeConnection(handle, server=True)
+            conn = PipeConnection(handle, server=True)
+            self._pending = None
+            try:
+                self._pending = self._instance(first=False)
+            except OSError:
+                pass  # the next accept() tries again; this client is served meanwhile
+            return conn
         return None
 
     def close(self) -> None:
@@ -395,7 +403,9 @@ class PipeListener:
     def release(self) -> None:
         """Free the listening instance and the descriptor (after the accept thread ended)."""
         self.close()
-        _kernel32.CloseHandle(self._pending)
+        if self._pending is not None:
+            _kernel32.CloseHandle(self._pending)
+            self._pending = None
         _kernel32.CloseHandle(self._stop)
         _kernel32.CloseHandle(self._connect_event)
         self._descriptor.close()
