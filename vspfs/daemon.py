@@ -59,6 +59,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from vspfs import __version__, winplatform
 from vspfs.errors import DaemonNotRunning, MountError, SnapshotInvalid, UsageError, VspError
+from vspfs.paths import inside as _inside
+from vspfs.paths import real_path as _real
 
 if TYPE_CHECKING:
     from vspfs.provider import Provider
@@ -89,20 +91,11 @@ def on_windows() -> bool:
     return winplatform.running_on_windows()
 
 
-def _real(path: str) -> str:
-    return os.path.realpath(os.path.abspath(path))
-
-
 def _target_key(path: str) -> str:
     """How a mount target is compared: a drive letter as "V:", a directory by its real path."""
     if winplatform.looks_like_drive_letter(path):
         return winplatform.parse_drive_letter(path)
     return _real(path)
-
-
-def _inside(path: str, root: str) -> bool:
-    """True if ``path`` is ``root`` or below it (both real paths)."""
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def default_state_dir() -> str:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from vspfs.control import client_gone
 from vspfs.databases import DatabaseHint, detect
 from vspfs.errors import DaemonNotRunning, QuietPeriodTimeout, UsageError, VspError
+from vspfs.paths import inside as _inside
 
 if TYPE_CHECKING:
     from vspfs.daemon import Daemon
@@ -168,10 +169,6 @@ def _paths(args: dict[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and os.path.isabs(v) for v in value):
         raise UsageError(f"request argument {key!r} must be a list of absolute paths")
     return list(value)
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 @dataclass

@@ -38,19 +38,13 @@ from vspfs.cachefile import (
 )
 from vspfs.cacheformat import RETAINED_DIR_NAME
 from vspfs.errors import CacheFileError, RuleViolation, UsageError
+from vspfs.paths import inside as _inside
+from vspfs.paths import real_path as _real
 from vspfs.retained import remove_stale_area
 from vspfs.snapshot import POLICIES, POLICY_INVALIDATE, Snapshot
 from vspfs.volume import Volume
 
 log = logging.getLogger(__name__)
-
-
-def _real(path: str) -> str:
-    return os.path.realpath(os.path.abspath(path))
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def new_snapshot_id() -> str:

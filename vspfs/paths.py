@@ -1,0 +1,20 @@
+"""How vspfs compares directories: by real path, and "is this inside that".
+
+The VSP rules (a cache file never on a snapshotted volume, a drive never
+inside a served volume, excluded trees) all ask the same two questions, so
+they are answered in one place, with the platform's separator.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def real_path(path: str) -> str:
+    """The absolute path with every symlink resolved (what two names of one directory share)."""
+    return os.path.realpath(os.path.abspath(path))
+
+
+def inside(path: str, root: str) -> bool:
+    """True if ``path`` is ``root`` or below it (both real paths)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
