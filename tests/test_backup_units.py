@@ -234,6 +234,11 @@ def test_substitution() -> None:
         backup.substitute(["ls", "{drive}"], drives)
     with pytest.raises(UsageError, match="names no volume"):
         backup.substitute(["ls", "{drive:other}"], drives)
+    # {path} is a synonym (DESIGN.md names both), with its own word in errors
+    assert backup.substitute(["ls", "{path}", "{path:v}/x"], {"v": "/d"}) == ["ls", "/d", "/d/x"]
+    with pytest.raises(UsageError, match=r"\{path\} is ambiguous"):
+        backup.substitute(["ls", "{path}"], drives)
+    assert backup.drive_names(["{path:db}", "{drive}", "{pathx}"]) == ["db", None]
 
 
 def test_check_command() -> None:

@@ -59,7 +59,8 @@ STATUS_TIMEOUT = 15.0
 #: how long ending a job may take (unmounting, destroying, removing cache files)
 FINISH_TIMEOUT = 180.0
 
-_DRIVE = re.compile(r"\{drive(?::([^{}]*))?\}")
+#: {drive}, {drive:VOLUME}, and their synonyms {path}, {path:VOLUME} (DESIGN.md names both)
+_DRIVE = re.compile(r"\{(drive|path)(?::([^{}]*))?\}")
 _SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
@@ -68,11 +69,12 @@ _SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if 
 
 def drive_names(argv: Sequence[str]) -> list[str | None]:
     """The drives an argument list refers to: None for ``{drive}``, a name for ``{drive:NAME}``."""
-    return [m.group(1) for arg in argv for m in _DRIVE.finditer(arg)]
+    return [m.group(2) for arg in argv for m in _DRIVE.finditer(arg)]
 
 
 def substitute(argv: Sequence[str], drives: dict[str, str]) -> list[str]:
-    """Replace ``{drive}`` (the only volume) and ``{drive:VOLUME}`` in every argument.
+    """Replace ``{drive}`` (the only volume) and ``{drive:VOLUME}`` in every argument
+    (``{path}`` and ``{path:VOLUME}`` are the same).
 
     ``drives`` maps each volume, as named on the command line, to the
     directory the command must read; ``{drive:X}`` may also name a volume
@@ -82,16 +84,16 @@ def substitute(argv: Sequence[str], drives: dict[str, str]) -> list[str]:
     aliases = drive_aliases(list(drives))
 
     def one(match: re.Match[str]) -> str:
-        name = match.group(1)
+        word, name = match.group(1), match.group(2)
         if name is None:
             if len(drives) != 1:
                 raise UsageError(
-                    f"{{drive}} is ambiguous with {len(drives)} volumes: write {{drive:VOLUME}} "
+                    f"{{{word}}} is ambiguous with {len(drives)} volumes: write {{{word}:VOLUME}} "
                     f"with one of {', '.join(drives)}"
                 )
             return next(iter(drives.values()))
         if name not in aliases:
-            raise UsageError(f"{{drive:{name}}} names no volume of this job (volumes: {', '.join(drives)})")
+            raise UsageError(f"{{{word}:{name}}} names no volume of this job (volumes: {', '.join(drives)})")
         return drives[aliases[name]]
 
     return [_DRIVE.sub(one, arg) for arg in argv]
@@ -872,7 +874,8 @@ def backup_cmd(
     Waits until none of the volumes has had a write for --busy-file-wait
     seconds, takes one snapshot set, mounts a read-only virtual drive per
     volume and runs COMMAND with {drive} (one volume) or {drive:VOLUME}
-    replaced by the drive's path (VSPFS_DRIVES holds them all as JSON). The
+    replaced by the drive's path ({path} and {path:VOLUME} are synonyms;
+    VSPFS_DRIVES holds them all as JSON). The
     snapshots are destroyed and their cache files removed whatever happens.
     The report goes to stderr (--json: stdout). Exit status: COMMAND's own
     on success, else 10-15 or 128+signal (docs/backup.md).
