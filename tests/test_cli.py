@@ -196,6 +196,25 @@ def test_no_daemon_as_a_real_process(no_daemon: str) -> None:
     assert_one_error_line(done.stderr)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--over", "--at", "M"], "exclude each other"),
+        (["--at", "M", "B2"], "takes one BACKING"),
+        (["--at", "M", "B=N"], "takes one BACKING"),
+        (["--over", "B=N"], "drop =MOUNTPOINT"),
+    ],
+)
+def test_serve_over_and_at_forms_are_checked(
+    capsys: pytest.CaptureFixture[str], short_dir: str, args: list[str], message: str
+) -> None:
+    """`serve BACKING --at MOUNTPOINT` / `--over` (DESIGN.md's forms) refuse what they cannot mean."""
+    real = [os.path.join(short_dir, a) if a in ("M", "B2", "B=N") else a for a in args]
+    code, out, err = run(capsys, "serve", os.path.join(short_dir, "B"), *real)
+    assert code == 2 and message in err and out == ""
+    assert_one_error_line(err)
+
+
 def test_serve_with_missing_backing_dir_names_it(short_dir: str) -> None:
     missing = os.path.join(short_dir, "nope")
     env = {

@@ -380,6 +380,19 @@ def test_served_over_the_backing_directory(env: Env) -> None:
     assert not env.retained()
 
 
+@pytest.mark.parametrize("form", ["--over", "--at"])
+def test_serve_over_and_at_options(env: Env, form: str) -> None:
+    """DESIGN.md's `serve BACKING --over` / `--at MOUNTPOINT` mean BACKING / BACKING=MOUNTPOINT."""
+    env.start(env.backing, extra=("--over",) if form == "--over" else ("--at", env.live))
+    where = env.backing if form == "--over" else env.live
+    [vol] = env.json("list")["volumes"]
+    assert vol["over"] is (form == "--over") and vol["mountpoint"] == where
+    Path(where, "x.txt").write_text("through the live view")
+    assert env.stop() == 0, env.log_text()
+    assert Path(env.backing, "x.txt").read_text() == "through the live view"
+    assert mounts_under(env.base) == []
+
+
 def test_snapshot_set_of_two_volumes(env: Env) -> None:
     b2 = env.mkdir("backing2")
     l2 = env.mkdir("live2")

@@ -311,6 +311,13 @@ def setup_logging(verbose: bool, log_file: str | None, as_json: bool) -> None:
 @click.option(
     "--socket", "socket_path", metavar="PATH", help="Control socket (overrides the global --socket)."
 )
+@click.option("--over", is_flag=True, help="Mount the live view over BACKING itself (the default).")
+@click.option(
+    "--at",
+    "at",
+    metavar="MOUNTPOINT",
+    help="Mount the live view of the one BACKING at MOUNTPOINT (the same as BACKING=MOUNTPOINT).",
+)
 @click.option("--allow-other", is_flag=True, help="Let other users use the mounts (FUSE allow_other).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 @click.option("--log-file", metavar="FILE", help="Also append the log to FILE.")
@@ -320,6 +327,8 @@ def serve(
     cache_volumes: tuple[str, ...],
     exclude_volumes: tuple[str, ...],
     socket_path: str | None,
+    over: bool,
+    at: str | None,
     allow_other: bool,
     verbose: bool,
     log_file: str | None,
@@ -328,7 +337,8 @@ def serve(
     """Run the daemon in the foreground: serve each VOLUME through a live view.
 
     VOLUME is BACKING (the live view is mounted over the backing directory
-    itself, so applications keep their paths) or BACKING=MOUNTPOINT.
+    itself, so applications keep their paths; --over says so explicitly) or
+    BACKING=MOUNTPOINT (for one volume also BACKING --at MOUNTPOINT).
     Applications must write through the live view for snapshots to see their
     changes. SIGINT or SIGTERM destroys every snapshot, unmounts everything and
     removes the cache files.
@@ -339,6 +349,17 @@ def serve(
     global _debug
     _debug = _debug or verbose
     specs = [VolumeSpec.parse(v) for v in volumes]
+    if over and at is not None:
+        raise UsageError("--over and --at exclude each other: give one")
+    if at is not None:
+        if len(specs) != 1 or specs[0].mountpoint is not None:
+            raise UsageError("--at MOUNTPOINT takes one BACKING; for several, give BACKING=MOUNTPOINT")
+        backing = specs[0].backing
+        # the spec parser splits at the first "=": a backing path holding one is kept whole
+        whole = "=" in backing
+        specs = [VolumeSpec(backing, os.path.abspath(at)) if whole else VolumeSpec.parse(f"{backing}={at}")]
+    if over and any(not spec.over for spec in specs):
+        raise UsageError("--over mounts each live view over its backing directory: drop =MOUNTPOINT")
     config = load_config()
     setup_logging(_debug, log_file, as_json)
     s = _settings()
