@@ -194,7 +194,7 @@ def _write_log() -> tuple[list[tuple[int, bytes]], int]:
     """The writes (offset, bytes), in order, that make a small cache file with
     single records and a batch of chunks, and the file's final size."""
     log: list[tuple[int, bytes]] = []
-    real = cachefile.os
+    real = cachefile.pio  # the cache file's OS calls all go through vspfs.portable_io
 
     class Recording:
         def __getattr__(self, name: str) -> object:
@@ -210,7 +210,7 @@ def _write_log() -> tuple[list[tuple[int, bytes]], int]:
             log.append((offset, b"".join(bytes(b) for b in buffers)))
             return real.pwritev(fd, buffers, offset)
 
-    cachefile.os = Recording()  # type: ignore[assignment]
+    cachefile.pio = Recording()  # type: ignore[assignment]
     try:
         with tempfile.TemporaryDirectory() as d:
             # chunks of 5000 bytes: records straddle pages, where writes can be cut
@@ -224,7 +224,8 @@ def _write_log() -> tuple[list[tuple[int, bytes]], int]:
             size = c.used_bytes
             c.close(delete=True)
     finally:
-        cachefile.os = real
+        cachefile.pio = real
+    assert log, "no write recorded: cachefile no longer writes through cachefile.pio"
     return log, size
 
 

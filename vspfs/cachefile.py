@@ -7,9 +7,9 @@ into it; nothing here knows about inodes beyond storing their numbers.
 
 Design points that are easy to get wrong:
 
-- Ownership is an exclusive lock (``winplatform.try_lock_exclusive``: flock
-  on POSIX, a LockFile byte lock on Windows) on the owner's own open file
-  description, held for the object's life. A file nobody holds is *stale* (its
+- Ownership is an exclusive lock (``portable_io.try_lock_exclusive``: flock
+  on POSIX, a LockFileEx lock on a byte far past the end on Windows) on the
+  owner's own open file description, held for the object's life. A file nobody holds is *stale* (its
   daemon died) and may be removed by :func:`remove_if_stale`, which takes the
   lock itself before unlinking so that it can never race a live owner.
 - A record's payload is written before its header. A reader that finds an
@@ -29,6 +29,10 @@ Design points that are easy to get wrong:
 - Once the maximum is reached or the cache volume is full, the file refuses
   every further append: a snapshot with a hole in its history must not look
   as if it recovered.
+- Every OS call goes through ``vspfs.portable_io`` (``pio``), looked up at
+  call time: on Linux its pread/pwrite/pwritev *are* os.pread/os.pwrite/
+  os.pwritev, on Windows they are ReadFile/WriteFile with an offset, and
+  there is no directory fd there (a directory is its path).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import NamedTuple
 
-from vspfs import winplatform
+from vspfs import portable_io as pio
 from vspfs.cacheformat import (
     DEFAULT_CHUNK_SIZE,
     FLAG_ACTIVE,
@@ -86,9 +90,6 @@ DEFAULT_MAX_SIZE: int | None = None
 WARN_PERCENTS = (80, 95)
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
-_OPEN_EXISTING = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 #: how long create() retries its lock: a concurrent remove_if_stale may hold the
 #: brand-new, still empty file for the moment it takes to find out it is not stale
 _LOCK_RETRY_S = 2.0
@@ -128,11 +129,17 @@ class RecordInfo(NamedTuple):
 
 def _try_lock(fd: int, *, shared: bool = False) -> bool:
     """Lock ``fd`` without waiting, through the platform layer (flock on POSIX)."""
-    return winplatform.try_lock_shared(fd) if shared else winplatform.try_lock_exclusive(fd)
+    return pio.try_lock_shared(fd) if shared else pio.try_lock_exclusive(fd)
+
+
+def _open_existing_flags() -> int:
+    """Read-only, close-on-exec, no symlink followed, no FIFO waited for
+    (built per call, as the tests swap the layer's flags with its functions)."""
+    return pio.O_RDONLY | pio.O_CLOEXEC | pio.O_NOFOLLOW | pio.O_NONBLOCK
 
 
 def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
-    n = os.pwrite(fd, data, offset)
+    n = pio.pwrite(fd, data, offset)
     if n == len(data):  # the usual case: no memoryview to build
         return
     view = memoryview(data)
@@ -143,13 +150,13 @@ def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
         offset += n
         if not view:
             return
-        n = os.pwrite(fd, view, offset)
+        n = pio.pwrite(fd, view, offset)
 
 
 def _pwritev_all(fd: int, buffers: list[Buffer], offset: int, total: int) -> None:
     """Write ``buffers`` (bytes-like, one byte per item, ``total`` bytes in
     all) back to back at ``offset``."""
-    done = os.pwritev(fd, buffers, offset)
+    done = pio.pwritev(fd, buffers, offset)
     if done < total:  # rare (a signal, a full disk): finish the rest piece by piece
         if done <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -158,13 +165,13 @@ def _pwritev_all(fd: int, buffers: list[Buffer], offset: int, total: int) -> Non
 
 def _pread_all(fd: int, length: int, offset: int) -> bytes:
     """Up to ``length`` bytes; fewer only at end of file."""
-    first = os.pread(fd, length, offset)
+    first = pio.pread(fd, length, offset)
     if len(first) == length or not first:
         return first
     parts = [first]
     got = len(first)
     while got < length:
-        more = os.pread(fd, length - got, offset + got)
+        more = pio.pread(fd, length - got, offset + got)
         if not more:
             break
         parts.append(more)
@@ -176,25 +183,16 @@ def _allocate(fd: int, offset: int, length: int) -> None:
     """Reserve blocks so later writes cannot fail for space; where the
     filesystem cannot reserve, at least extend the file (writes may then
     report ENOSPC themselves, which is handled the same way)."""
-    if length <= 0:
-        return
-    if hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, offset, length)
-            return
-        except OSError as exc:
-            if exc.errno not in _NO_FALLOCATE:
-                raise
-    if os.fstat(fd).st_size < offset + length:
-        os.ftruncate(fd, offset + length)
+    pio.allocate(fd, offset, length)
 
 
-def _open_existing(path: str, dir_fd: int | None = None, name: str | None = None) -> int:
+def _open_existing(path: str, dir_fd: pio.DirRef | None = None, name: str | None = None) -> int:
     """Open a would-be cache file for reading without following a symlink and
-    without blocking on a FIFO; only regular files pass. With ``dir_fd``,
-    ``name`` is opened relative to it and ``path`` only names it in errors."""
+    without blocking on a FIFO; only regular files pass. With ``dir_fd`` (from
+    ``pio.open_dir``), ``name`` is opened relative to it and ``path`` only
+    names it in errors."""
     try:
-        fd = os.open(path if dir_fd is None else name, _OPEN_EXISTING, dir_fd=dir_fd)
+        fd = pio.open_at(dir_fd, path if dir_fd is None else name, _open_existing_flags())
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise CacheFileError(f"{path} is a symbolic link, not a vspfs cache file") from None
@@ -226,7 +224,7 @@ class CacheFile:
     def __init__(
         self,
         *,
-        dir_fd: int,
+        dir_fd: pio.DirRef,
         fd: int,
         directory: str,
         name: str,
@@ -305,14 +303,14 @@ class CacheFile:
         block = encode_header(header)  # refuses bad ids before anything exists on disk
         path = os.path.join(directory, name)
         full = f"cache volume {directory} is full: cannot preallocate {allocated} bytes for {name}"
-        dir_fd = os.open(directory, _DIR_FLAGS)
+        dir_fd = pio.open_dir(directory)
         try:
             try:
-                fd = os.open(
+                fd = pio.open_at(
+                    dir_fd,
                     name,
-                    os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    pio.O_RDWR | pio.O_CREAT | pio.O_EXCL | pio.O_CLOEXEC | pio.O_NOFOLLOW,
                     0o600,
-                    dir_fd=dir_fd,
                 )
             except FileExistsError:
                 raise FileExistsError(
@@ -350,12 +348,12 @@ class CacheFile:
                 )
             except BaseException:
                 try:
-                    os.unlink(name, dir_fd=dir_fd)  # still holding the lock: nobody can mistake it
+                    pio.unlink_at(dir_fd, name)  # still holding the lock: nobody can mistake it
                 finally:
                     os.close(fd)
                 raise
         except BaseException:
-            os.close(dir_fd)
+            pio.close_dir(dir_fd)
             raise
         with _owned_lock:
             _owned.add(cache._identity)
@@ -659,16 +657,16 @@ class CacheFile:
             with _owned_lock:
                 _owned.discard(self._identity)
             os.close(self._fd)  # releases the lock
-            os.close(self._dir_fd)
+            pio.close_dir(self._dir_fd)
 
     def _unlink_own(self) -> None:
         """Unlink our name only if it still names our file."""
         try:
-            st = os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False)
+            st = pio.stat_at(self._dir_fd, self._name)
         except FileNotFoundError:
             return
         if (st.st_dev, st.st_ino) == self._identity:
-            os.unlink(self._name, dir_fd=self._dir_fd)
+            pio.unlink_at(self._dir_fd, self._name)
 
     def __repr__(self) -> str:
         return f"<CacheFile {self.display_path} used={self._end} allocated={self._allocated} max={self._max}>"
@@ -777,7 +775,7 @@ def is_locked(path: str) -> bool:
 
     Uses a fresh open file description, so the answer is right even inside the
     owning process; a shared lock, so two checkers do not see each other."""
-    fd = os.open(path, _OPEN_EXISTING)
+    fd = pio.open_at(None, path, _open_existing_flags())
     try:
         st = os.fstat(fd)
         with _owned_lock:
@@ -785,7 +783,7 @@ def is_locked(path: str) -> bool:
                 return True
         if not _try_lock(fd, shared=True):
             return True
-        winplatform.unlock(fd)
+        pio.unlock(fd)
         return False
     finally:
         os.close(fd)
@@ -805,7 +803,7 @@ def remove_if_stale(path: str) -> bool:
     that is not an intact vspfs cache file raises CacheFileError and stays.
     """
     parent, name = os.path.split(path)
-    dir_fd = os.open(parent or ".", _DIR_FLAGS)
+    dir_fd = pio.open_dir(parent or ".")
     try:
         try:
             fd = _open_existing(path, dir_fd, name)
@@ -820,17 +818,17 @@ def remove_if_stale(path: str) -> bool:
                 return False
             _header_of(fd, path)
             try:
-                now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                now = pio.stat_at(dir_fd, name)
             except FileNotFoundError:
                 return False
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 return False  # replaced meanwhile: judge the new file on another run
-            os.unlink(name, dir_fd=dir_fd)
+            pio.unlink_at(dir_fd, name)
             return True
         finally:
             os.close(fd)
     finally:
-        os.close(dir_fd)
+        pio.close_dir(dir_fd)
 
 
 # -- sizes ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from vspfs import portable_io
 from vspfs.errors import UsageError
 
 # =============================================================================
@@ -1687,62 +1688,25 @@ def try_lock_exclusive(fd: int) -> bool:
     """Take an exclusive, non-blocking lock on an open file; False if someone holds it.
 
     The cache-file rule "a file nobody holds is stale" needs a lock that
-    dies with its process: flock on POSIX, LockFileEx through msvcrt.locking
-    on Windows (byte 0, which may lie beyond the end of the file there).
+    dies with its process: flock on POSIX, LockFileEx on Windows on one byte
+    far beyond the end of the file (``portable_io.LOCK_OFFSET``: Windows
+    byte locks are mandatory, and a lock on byte 0 would keep others from
+    reading the header). Implemented in ``vspfs.portable_io``.
     """
-    if sys.platform == "win32":
-        import msvcrt
-
-        pos = os.lseek(fd, 0, os.SEEK_CUR)
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-        except OSError:
-            return False
-        finally:
-            os.lseek(fd, pos, os.SEEK_SET)
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+    return portable_io.try_lock_exclusive(fd)
 
 
 def try_lock_shared(fd: int) -> bool:
-    """A shared, non-blocking lock (flock LOCK_SH); False if someone holds it exclusively.
+    """A shared, non-blocking lock; False if someone holds it exclusively.
 
     Used to ask "does a live owner hold this file?" without two askers
-    seeing each other. Windows byte-range locks taken through msvcrt have no
-    shared form, so there it is the exclusive lock: two askers at the same
-    instant may then see each other as an owner, which only makes one of
-    them keep a stale file until the next cleanup (never remove a live one).
+    seeing each other: flock LOCK_SH on POSIX, LockFileEx without
+    LOCKFILE_EXCLUSIVE_LOCK on Windows (same byte as the exclusive lock).
     """
-    if sys.platform == "win32":
-        return try_lock_exclusive(fd)
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+    return portable_io.try_lock_shared(fd)
 
 
 def unlock(fd: int) -> None:
-    """Release :func:`try_lock_exclusive` (closing the file releases it too)."""
-    if sys.platform == "win32":
-        import msvcrt
-
-        pos = os.lseek(fd, 0, os.SEEK_CUR)
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
-        finally:
-            os.lseek(fd, pos, os.SEEK_SET)
-        return
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_UN)
+    """Release :func:`try_lock_exclusive` or :func:`try_lock_shared` (closing
+    the file releases it too)."""
+    portable_io.unlock(fd)
