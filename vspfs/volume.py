@@ -118,6 +118,29 @@ def _split(path: str) -> tuple[str, str]:
     return parent or ".", name
 
 
+#: open flags an application's open must not pass on to the backing file:
+#: creation and truncation are done (and preserved for) by vspfs itself, and
+#: O_DIRECT is handled by the kernel's FUSE client (see _backing_open_flags)
+_NOT_FOR_BACKING = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+
+
+def _backing_open_flags(flags: int) -> int:
+    """The flags of the backing file's open for an application's open.
+
+    O_DIRECT is dropped. The kernel's FUSE client already honours it for the
+    application (its reads and writes bypass the live view's page cache and
+    reach vspfs one request each, as they were issued), but the backing
+    filesystem would also require every buffer to be aligned to its block
+    size, and vspfs's buffers are Python bytes objects that never are: with
+    O_DIRECT on the backing fd every write, and most reads, failed with
+    EINVAL (``dd oflag=direct``, databases). The same fd also serves the
+    kernel's page-sized writeback of an mmap of that file, whose last page
+    may end anywhere. Durability is what fsync/O_DSYNC ask for, and those
+    pass through.
+    """
+    return (flags & ~_NOT_FOR_BACKING) | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
 def open_quietly(path: str, flags: int, *, dir_fd: int | None = None) -> int:
     """Open for vspfs's own reading (preservation, snapshot reads) without
     moving the live object's atime: the live view must look as if only the
@@ -567,7 +590,7 @@ class Volume:
     def open(self, path: str, flags: int, caller: Caller | None = None) -> int:
         rel = self._visible(path)
         trunc = bool(flags & os.O_TRUNC)
-        oflags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY)) | os.O_CLOEXEC | os.O_NOFOLLOW
+        oflags = _backing_open_flags(flags)
         if not trunc:
             with self._at(rel) as (base, name):
                 return self._register(os.open(name, oflags, dir_fd=base), rel, flags)
@@ -604,9 +627,7 @@ class Volume:
     def create(self, path: str, flags: int, mode: int, caller: Caller | None = None) -> int:
         rel = self._changeable(path)
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
-            oflags = (
-                (flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY)) | os.O_CLOEXEC | os.O_NOFOLLOW
-            )
+            oflags = _backing_open_flags(flags)
             try:
                 os.stat(name, dir_fd=pfd, follow_symlinks=False)
                 exists = True
