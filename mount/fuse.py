@@ -89,6 +89,7 @@ LAZY_GRACE = 1.0
 READAHEAD_KB = 512
 
 # fuse_common.h (libfuse 3): capability bits in fuse_conn_info.want
+FUSE_CAP_DONT_MASK = 1 << 6
 FUSE_CAP_WRITEBACK_CACHE = 1 << 16
 FUSE_CAP_HANDLE_KILLPRIV = 1 << 20
 
@@ -163,9 +164,27 @@ def _fuse_os_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-def _fuse_context() -> tuple[int, int, int]:
-    """(uid, gid, pid) of the process that made the current request."""
-    return load_mfusepy().fuse_get_context()
+def _fuse_context() -> tuple[int, int, int, int]:
+    """(uid, gid, pid, umask) of the process that made the current request.
+
+    mfusepy's fuse_get_context() leaves out the umask, which struct
+    fuse_context has carried since libfuse 2.8 (the kernel sends it with
+    every create, mkdir and mknod): read the struct itself. Without that
+    struct the umask is reported as 0, and the live view does not ask for
+    FUSE_CAP_DONT_MASK (``_context_umask``), so the kernel masks instead.
+    """
+    mod = load_mfusepy()
+    lib = getattr(mod, "_libfuse", None)
+    if lib is None:
+        uid, gid, pid = mod.fuse_get_context()
+        return uid, gid, pid, 0
+    ctx = lib.fuse_get_context().contents
+    return ctx.uid, ctx.gid, ctx.pid, ctx.umask
+
+
+def _context_umask() -> bool:
+    """True when :func:`_fuse_context` reports the caller's real umask."""
+    return getattr(sys.modules.get("mfusepy"), "_libfuse", None) is not None
 
 
 # --------------------------------------------------------------- errno table
@@ -424,25 +443,35 @@ class _Operations:
 class LiveOperations(_Operations):
     """The live view: every callback is one Volume call, caller passed for creations."""
 
-    def __init__(self, volume: Volume, *, context: Callable[[], tuple[int, int, int]] | None = None) -> None:
+    def __init__(self, volume: Volume, *, context: Callable[[], tuple[int, ...]] | None = None) -> None:
         super().__init__()
         self.volume = volume
         self._context = context or _fuse_context
+        #: whether the context reports the caller's umask (then the kernel is
+        #: told not to apply it: the Volume does, knowing the parent's ACL)
+        self._reports_umask = context is None
         self._label = f"live view of {volume.backing}"
 
     def _caller(self) -> Caller:
+        """The requesting process: (uid, gid, pid) and, from libfuse, its umask."""
         from vspfs.volume import Caller
 
-        uid, gid, pid = self._context()
-        return Caller(uid, gid, pid)
+        return Caller(*self._context())
 
     def _tune(self, conn: Any, config: Any) -> None:
         """No writeback cache (every write must pass the COW engine when it
         happens) and no HANDLE_KILLPRIV: libfuse's high-level API would not
         clear set-user-ID bits on write, so the kernel must do it (it sends a
-        chmod, as the backing filesystem would have done)."""
+        chmod, as the backing filesystem would have done).
+
+        DONT_MASK: the kernel would apply the caller's umask to the mode of
+        every new object even in a directory with a default ACL, where the
+        umask must not apply; with it the Volume applies the umask itself
+        (``Volume._creation_mode``)."""
         if conn is not None:
             conn.want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_HANDLE_KILLPRIV)
+            if self._reports_umask and _context_umask() and conn.capable & FUSE_CAP_DONT_MASK:
+                conn.want |= FUSE_CAP_DONT_MASK
 
     # -- attributes and names
 

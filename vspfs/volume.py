@@ -79,11 +79,18 @@ _IS_ROOT = os.geteuid() == 0
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asked: new files belong to the caller, not to the daemon."""
+    """Who asked: new files belong to the caller, not to the daemon.
+
+    ``umask`` is the caller's umask, for the live view to apply itself to the
+    mode of what it creates (see ``Volume._creation_mode``): the kernel can
+    only apply it correctly where it knows the parent's default ACL. A
+    binding that lets the kernel mask the mode passes 0.
+    """
 
     uid: int
     gid: int
     pid: int = 0
+    umask: int = 0
 
 
 @dataclass
@@ -452,6 +459,27 @@ class Volume:
             of.read_fd = open_quietly(f"/proc/self/fd/{of.fd}", os.O_RDONLY | os.O_CLOEXEC)
         return of.read_fd
 
+    @staticmethod
+    def _creation_mode(parent_fd: int, mode: int, caller: Caller | None) -> int:
+        """The mode to create an object with, as the kernel would have masked it.
+
+        POSIX ACLs: in a directory with a default ACL the umask does not
+        apply (the default ACL decides), elsewhere it does. Only the backing
+        filesystem knows the parent's ACL, so the live view gets the mode
+        unmasked with the caller's umask (FUSE_CAP_DONT_MASK), applies the
+        umask here unless the parent has a default ACL, and creates with a
+        umask of 0 (the FUSE threads have their own). Letting the kernel's
+        FUSE client mask the mode first gave files created in a directory
+        with a default ACL a narrower ACL mask than on a plain directory.
+        """
+        if caller is None or not caller.umask:
+            return mode
+        try:
+            os.getxattr(parent_fd, "system.posix_acl_default")
+        except OSError:  # ENODATA (no default ACL), ENOTSUP (no ACLs at all)
+            return mode & ~caller.umask
+        return mode
+
     def _own(self, parent_fd: int, name: str, caller: Caller | None, fd: int | None = None) -> None:
         """Give a new object to its creator, as the kernel would have done."""
         if caller is None or not _IS_ROOT:
@@ -641,7 +669,9 @@ class Volume:
                 return self._register(os.open(name, oflags, dir_fd=pfd), rel, flags)
             if snaps:
                 self._preserve_dir(snaps, pfd)
-            fd = os.open(name, oflags | os.O_CREAT | os.O_EXCL, mode, dir_fd=pfd)
+            fd = os.open(
+                name, oflags | os.O_CREAT | os.O_EXCL, self._creation_mode(pfd, mode, caller), dir_fd=pfd
+            )
             try:
                 self._mark_new(snaps, os.fstat(fd).st_ino)
                 self._own(pfd, name, caller, fd)
@@ -756,14 +786,14 @@ class Volume:
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
             if snaps:
                 self._preserve_dir(snaps, pfd)
-            os.mkdir(name, mode, dir_fd=pfd)
+            os.mkdir(name, self._creation_mode(pfd, mode, caller), dir_fd=pfd)
             self._created(snaps, pfd, name, caller)
 
     def mknod(self, path: str, mode: int, dev: int = 0, caller: Caller | None = None) -> None:
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
             if snaps:
                 self._preserve_dir(snaps, pfd)
-            os.mknod(name, mode, dev, dir_fd=pfd)
+            os.mknod(name, self._creation_mode(pfd, mode, caller), dev, dir_fd=pfd)
             self._created(snaps, pfd, name, caller)
 
     def symlink(self, target: str, path: str, caller: Caller | None = None) -> None:
