@@ -16,7 +16,7 @@ The reasons behind each option and each work-around of a binding trap are in
 * each mount runs libfuse's loop in its own thread of the daemon; that thread
   first takes a private working directory and umask (``unshare(CLONE_FS)``),
   because libfuse does ``chdir("/")`` for the whole process and the live view
-  needs umask 0 (the kernel already applied the caller's umask), and the
+  needs umask 0 (the Volume applies the caller's umask itself), and the
   signal handlers libfuse installs for the whole process are put back.
 """
 
@@ -869,8 +869,8 @@ def private_fs_state() -> bool:
 
     libfuse3's fuse_main does ``chdir("/")`` even in the foreground, which
     would move the whole daemon; and the live view must create files with
-    exactly the mode the kernel sent (it already applied the caller's
-    umask). ``unshare(CLONE_FS)`` makes both affect only this thread and the
+    exactly the mode the Volume computed (it applies the caller's umask
+    itself, see ``Volume._creation_mode``). ``unshare(CLONE_FS)`` makes both affect only this thread and the
     worker threads libfuse starts from it. False (and a warning) if the
     kernel refuses, in which case the daemon's umask applies a second time.
     """
