@@ -346,6 +346,41 @@ def _k(win: pio.Win32Files) -> FakeKernel32:
 # -------------------------------------------------------- Windows branch
 
 
+def test_module_binds_the_windows_branch_on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh copy of the module, imported as on Windows (fake kernel32 and
+    msvcrt): every binding is the Win32Files method and the flags are ours."""
+    import importlib.util
+    import sys
+    import types
+
+    k = FakeKernel32()
+    crt = types.ModuleType("msvcrt")
+    fake = FakeMsvcrt(k)
+    crt.get_osfhandle = fake.get_osfhandle  # type: ignore[attr-defined]
+    crt.open_osfhandle = fake.open_osfhandle  # type: ignore[attr-defined]
+    loaded: list[tuple[str, bool]] = []
+
+    def win_dll(name: str, use_last_error: bool = False) -> FakeKernel32:
+        loaded.append((name, use_last_error))
+        return k
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setitem(sys.modules, "msvcrt", crt)
+    monkeypatch.setattr(ctypes, "WinDLL", win_dll, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: k.last_error, raising=False)
+    spec = importlib.util.spec_from_file_location("portable_io_as_on_windows", pio.__file__)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.WINDOWS and loaded == [("kernel32", True)]  # GetLastError kept per call by ctypes
+    for name in mod.BINDINGS:
+        bound = getattr(mod, name)
+        expected = getattr(mod._win, name)
+        assert bound == expected, name
+    assert (mod.O_CLOEXEC, mod.O_NOFOLLOW, mod.O_NONBLOCK) == (0, 0x20000000, 0)
+    assert mod.pread != os.pread and mod.fsync is os.fsync
+
+
 def test_every_win32_function_has_the_documented_arity(win: pio.Win32Files) -> None:
     functions = _k(win).functions
     for name, count in {

@@ -503,7 +503,7 @@ O_RDWR = os.O_RDWR
 O_CREAT = os.O_CREAT
 O_EXCL = os.O_EXCL
 
-if WINDOWS:  # pragma: no cover - bound on Windows only; tests/test_portable_io.py runs Win32Files
+if WINDOWS:  # tests/test_portable_io.py imports a copy of this module as on Windows
     import ctypes as _ctypes
     import msvcrt as _msvcrt
 
