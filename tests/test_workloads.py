@@ -22,12 +22,33 @@ import json
 import mmap
 import os
 import shutil
+import sqlite3
 import struct
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from daemon_helpers import Env, served
+from daemon_helpers import Env, compare, manifest, run_tool, served
+
+REPO = Path(__file__).resolve().parent.parent
+#: every field a snapshot must reproduce exactly (ctime and inode numbers too);
+#: not st_blocks, which ext4 may change at writeback without a write (docs/design.md)
+EXACT = (
+    "type",
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "sha256",
+    "target",
+    "rdev",
+    "xattrs",
+    "mtime_ns",
+    "ctime_ns",
+    "ino",
+)
 
 pytestmark = pytest.mark.mount
 
@@ -172,3 +193,161 @@ def test_umask_and_default_acls_give_the_modes_of_a_plain_directory(env: Env, tw
     if not any(v[1] for v in expected.values()):  # type: ignore[index]
         pytest.skip("the filesystem of the temporary directory has no POSIX ACLs")
     assert _create_under_umask(workdir(env, "umask")) == expected
+
+
+# ----------------------------------------------------------------------- git
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "vspfs",
+    "GIT_AUTHOR_EMAIL": "vspfs@example.invalid",
+    "GIT_COMMITTER_NAME": "vspfs",
+    "GIT_COMMITTER_EMAIL": "vspfs@example.invalid",
+    "GIT_AUTHOR_DATE": "2020-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2020-01-01T00:00:00Z",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+}
+
+#: each step one shell script run in the work directory; a snapshot after each
+GIT_STEPS = (
+    "git init -q -b main repo && cp -r {src} repo/src && cd repo && git add -A && git commit -qm one",
+    "cd repo && for i in 1 2 3; do echo $i >> src/cli.py; git commit -qam c$i; done",
+    "cd repo && git gc -q",
+    "cd repo && git checkout -qb side && git rm -rq src/cachefile.py && git commit -qm rm"
+    " && git checkout -q main",
+    "cd repo && git merge -q side -m merge && git repack -qadf && git prune",
+    "cd repo && git gc -q --aggressive --prune=now",
+)
+
+
+def _git_steps(work: str, after_step: Callable[[int], None] | None = None) -> list[str]:
+    """Run GIT_STEPS in ``work``; call ``after_step(i)`` after each; git's final answers."""
+    env = {**os.environ, **GIT_ENV}
+    for i, step in enumerate(GIT_STEPS):
+        script = step.format(src=REPO / "vspfs")
+        done = run_tool(["sh", "-ec", script], cwd=work, env=env, timeout=120)
+        assert done.returncode == 0, f"step {i}: {done.stderr}"
+        if after_step is not None:
+            after_step(i)
+    out = []
+    for args in (["fsck", "--full", "--strict"], ["log", "--format=%H %s"], ["count-objects", "-v"]):
+        done = run_tool(["git", "-C", os.path.join(work, "repo"), *args], env=env, timeout=120)
+        out.append(f"{done.returncode} {done.stdout} {done.stderr}".replace(work, "WORK"))
+    return out
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (apt-get install git)")
+def test_git_commits_gc_and_repack_with_a_snapshot_after_every_step(env: Env, twin: str) -> None:
+    """git in the live view answers as on a plain directory, and every drive is its instant.
+
+    git writes loose objects, renames lock files over refs, rewrites packs
+    and deletes what gc made unreachable: each step changes what the
+    snapshots before it still need. Every drive is compared, after all steps,
+    with the live view's manifest at its instant, exact to the nanosecond
+    with inode numbers, and git fsck must pass in it.
+    """
+    expected = _git_steps(twin)
+    work = workdir(env, "git")
+    drives: list[tuple[str, str, dict[str, object]]] = []
+
+    def snap(i: int) -> None:
+        before = manifest(work)
+        sid, drive = snapshot(env, f"git{i}")
+        drives.append((sid, drive, before))
+
+    assert _git_steps(work, snap) == expected
+    for sid, drive, before in drives:
+        here = os.path.join(drive, "git")
+        assert compare(before, manifest(here), fields=EXACT) == [], drive  # type: ignore[arg-type]
+        fsck = run_tool(["git", "-C", os.path.join(here, "repo"), "fsck", "--full"], timeout=120)
+        assert fsck.returncode == 0, fsck.stderr
+        env.ok("destroy", sid)
+
+
+# -------------------------------------------------------------------- sqlite
+
+
+def _sqlite_workload(path: str, mode: str, during: Callable[[int], None] | None = None) -> tuple[object, ...]:
+    """Transactions of a writer with a concurrent reader; ``during(committed)`` is
+    called a few times while they run. The final state as sqlite reports it."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute(f"pragma journal_mode={mode}")
+    db.execute("create table t(i integer primary key, v blob)")
+    stop = threading.Event()
+    problems: list[object] = []
+    reads = [0]
+
+    def reader() -> None:
+        r = sqlite3.connect(path, timeout=30)
+        while not stop.is_set():
+            try:
+                n, total = r.execute("select count(*), coalesce(sum(i), 0) from t").fetchone()
+            except sqlite3.OperationalError as exc:  # a busy rollback-journal reader may retry
+                if "locked" not in str(exc):
+                    problems.append(str(exc))
+                continue
+            reads[0] += 1
+            if total != n * (n - 1) // 2:  # every transaction adds 10 consecutive keys
+                problems.append((n, total))
+        r.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    committed = [0]
+    try:
+        for batch in range(60):
+            db.execute("begin immediate")
+            for k in range(10):
+                db.execute("insert into t values (?, randomblob(2000))", (batch * 10 + k,))
+            db.execute("update t set v = randomblob(300) where i % 7 = ?", (batch % 7,))
+            db.execute("commit")
+            committed[0] = batch + 1
+            if during is not None and batch % 15 == 7:
+                during(committed[0])
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive(), "the sqlite reader did not stop"
+    state = (
+        db.execute("pragma integrity_check").fetchone(),
+        db.execute("select count(*), sum(i), sum(length(v)) from t").fetchone(),
+        problems,
+        reads[0] > 0,
+    )
+    db.close()
+    return state
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_sqlite_with_a_reader_and_snapshots_during_transactions(env: Env, twin: str, mode: str) -> None:
+    """sqlite (WAL with its shared-memory file, or a rollback journal) with a
+    concurrent reader behaves as on a plain directory; a copy of each drive's
+    database (with its journal) opens, passes integrity_check and holds whole
+    transactions only: between what had committed before and after the snapshot.
+    """
+    expected = _sqlite_workload(os.path.join(twin, "db"), mode)
+    work = workdir(env, f"sqlite-{mode}")
+    taken: list[tuple[str, str, int]] = []
+
+    def during(before: int) -> None:
+        sid, drive = snapshot(env, f"sqlite-{mode}-{len(taken)}")
+        taken.append((sid, drive, before))
+
+    got = _sqlite_workload(os.path.join(work, "db"), mode, during)
+    assert got[0] == expected[0] == ("ok",)
+    assert got[1][:2] == expected[1][:2] and got[2] == [] and got[3]  # type: ignore[index]
+    for sid, drive, before in taken:
+        copy = tempfile.mkdtemp(prefix="vspw-sql")
+        try:
+            for name in os.listdir(os.path.join(drive, f"sqlite-{mode}")):
+                if name.startswith("db") and not name.endswith("-shm"):
+                    shutil.copy2(os.path.join(drive, f"sqlite-{mode}", name), copy)
+            db = sqlite3.connect(os.path.join(copy, "db"))
+            assert db.execute("pragma integrity_check").fetchone() == ("ok",)
+            (rows,) = db.execute("select count(*) from t").fetchone()
+            db.close()
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+        # the snapshot was taken between two transactions of this thread
+        assert rows == before * 10, (drive, rows, before)
+        env.ok("destroy", sid)
