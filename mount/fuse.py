@@ -90,6 +90,7 @@ READAHEAD_KB = 512
 
 # fuse_common.h (libfuse 3): capability bits in fuse_conn_info.want
 FUSE_CAP_DONT_MASK = 1 << 6
+FUSE_CAP_POSIX_ACL = 1 << 19
 FUSE_CAP_WRITEBACK_CACHE = 1 << 16
 FUSE_CAP_HANDLE_KILLPRIV = 1 << 20
 
@@ -418,7 +419,21 @@ class _Operations:
         self._on_init: Callable[[], None] | None = None
 
     def _tune(self, conn: Any, config: Any) -> None:
-        """Adjust the connection before libfuse answers INIT (subclasses)."""
+        """Adjust the connection before libfuse answers INIT (subclasses extend it).
+
+        POSIX_ACL: with ``default_permissions`` the kernel checks access
+        itself, and without this capability it ignores ACLs and decides by
+        the mode bits alone: a user granted access by an ACL entry (``setfacl
+        -m u:alice:rx``) was refused on the live view and on drives, and one
+        denied by an entry (``u:bob:---``) was let in through the other
+        bits. With it the kernel reads ``system.posix_acl_*`` through
+        getxattr (the backing file's ACL, or the snapshot's preserved one)
+        and checks them as the backing filesystem would; keeping the mode in
+        step with the ACL and inheriting default ACLs stay with the backing
+        filesystem, which does both.
+        """
+        if conn is not None and getattr(conn, "capable", 0) & FUSE_CAP_POSIX_ACL:
+            conn.want |= FUSE_CAP_POSIX_ACL
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         """libfuse3's init: tune the connection, undo libfuse's signal handlers, report ready.
@@ -468,9 +483,10 @@ class LiveOperations(_Operations):
         every new object even in a directory with a default ACL, where the
         umask must not apply; with it the Volume applies the umask itself
         (``Volume._creation_mode``)."""
+        super()._tune(conn, config)
         if conn is not None:
             conn.want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_HANDLE_KILLPRIV)
-            if self._reports_umask and _context_umask() and conn.capable & FUSE_CAP_DONT_MASK:
+            if self._reports_umask and _context_umask() and getattr(conn, "capable", 0) & FUSE_CAP_DONT_MASK:
                 conn.want |= FUSE_CAP_DONT_MASK
 
     # -- attributes and names

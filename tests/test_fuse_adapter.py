@@ -20,6 +20,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -529,6 +530,29 @@ def test_live_connection_has_no_writeback_cache_nor_killpriv() -> None:
     ops._on_init = lambda: ready.append(True)
     ops.init_with_config(conn, None)
     assert conn.want == 1 and ready == [True]
+
+
+def test_both_views_ask_for_posix_acls_when_the_kernel_offers_them() -> None:
+    """With default_permissions the kernel ignores ACLs unless POSIX_ACL is negotiated."""
+
+    @dataclass
+    class Conn:
+        want: int
+        capable: int
+
+    ops, _ = live()
+    offered = fuse.FUSE_CAP_POSIX_ACL | fuse.FUSE_CAP_DONT_MASK
+    conn = Conn(want=0, capable=offered)
+    ops.init_with_config(conn, None)
+    # the test's context reports no umask, so the kernel keeps masking modes
+    assert conn.want == fuse.FUSE_CAP_POSIX_ACL
+    drive = fuse.SnapshotOperations(SimpleNamespace(id="s"))  # type: ignore[arg-type]
+    conn = Conn(want=0, capable=offered)
+    drive.init_with_config(conn, None)
+    assert conn.want == fuse.FUSE_CAP_POSIX_ACL
+    conn = Conn(want=0, capable=0)
+    ops.init_with_config(conn, None)
+    assert conn.want == 0
 
 
 def test_init_reports_ready_even_if_tuning_fails() -> None:

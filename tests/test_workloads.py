@@ -55,8 +55,9 @@ pytestmark = pytest.mark.mount
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    """One daemon for the module: each test works in its own subdirectory."""
-    with served("vspw") as e:
+    """One daemon for the module, open to other users (for the ACL checks);
+    each test works in its own subdirectory."""
+    with served("vspw", allow_other=True) as e:
         yield e
 
 
@@ -64,6 +65,7 @@ def env() -> Iterator[Env]:
 def twin() -> Iterator[str]:
     """A plain directory of the same filesystem as the backing, for the differential runs."""
     d = tempfile.mkdtemp(prefix="vspw-twin")
+    os.chmod(d, 0o755)  # reachable by another user, as the live view is
     try:
         yield d
     finally:
@@ -193,6 +195,77 @@ def test_umask_and_default_acls_give_the_modes_of_a_plain_directory(env: Env, tw
     if not any(v[1] for v in expected.values()):  # type: ignore[index]
         pytest.skip("the filesystem of the temporary directory has no POSIX ACLs")
     assert _create_under_umask(workdir(env, "umask")) == expected
+
+
+# ------------------------------------------------------- ACL permission checks
+
+_ANY = 0xFFFFFFFF  # the id of entries that name no user or group
+NOBODY = 65534
+
+
+def _reads_as_nobody(paths: list[str]) -> list[str]:
+    """For each path, what reading it as uid/gid 65534 gives: its content, or
+    EACCES. Through cat: the test's Python may live where 65534 cannot go."""
+    out = []
+    for path in paths:
+        done = run_tool(["cat", path], user=NOBODY, group=NOBODY, extra_groups=[], timeout=60)
+        if done.returncode == 0:
+            out.append(done.stdout.strip())
+        else:
+            assert "Permission denied" in done.stderr, done.stderr
+            out.append("EACCES")
+    return out
+
+
+def _acl_tree(root: str) -> list[str]:
+    """A directory and files whose access for uid 65534 only ACL entries decide."""
+    d = os.path.join(root, "shared")
+    os.mkdir(d)
+    # the owner only by mode; user 65534 may list and enter by an ACL entry
+    os.setxattr(
+        d,
+        "system.posix_acl_access",
+        _acl((1, 7, _ANY), (2, 5, NOBODY), (4, 0, _ANY), (0x10, 5, _ANY), (0x20, 0, _ANY)),
+    )
+    granted, denied = os.path.join(d, "granted"), os.path.join(d, "denied")
+    Path(granted).write_text("granted\n")
+    Path(denied).write_text("denied\n")
+    # 0600 by the mode bits, readable by 65534 through its entry
+    os.setxattr(
+        granted,
+        "system.posix_acl_access",
+        _acl((1, 6, _ANY), (2, 4, NOBODY), (4, 0, _ANY), (0x10, 4, _ANY), (0x20, 0, _ANY)),
+    )
+    # readable by everybody by the mode bits, except 65534 by its entry
+    os.setxattr(
+        denied,
+        "system.posix_acl_access",
+        _acl((1, 6, _ANY), (2, 0, NOBODY), (4, 4, _ANY), (0x10, 4, _ANY), (0x20, 4, _ANY)),
+    )
+    return [granted, denied]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as uid 65534")
+def test_acl_entries_decide_access_on_the_live_view_and_on_drives(env: Env, twin: str) -> None:
+    """An ACL entry that grants or denies a user works as on a plain directory.
+
+    The mounts use default_permissions: the kernel checks access itself, and
+    before the fix it looked at the mode bits only (libfuse does not ask for
+    POSIX ACLs unless told), so user 65534 could not read a file an ACL
+    entry gave it, and could read one an entry refused it. The drive keeps
+    deciding by the ACL of its instant after the live ACL changed.
+    """
+    expected = _reads_as_nobody(_acl_tree(twin))
+    assert expected == ["granted", "EACCES"], "this filesystem does not enforce POSIX ACLs"
+    paths = _acl_tree(workdir(env, "acl"))
+    assert _reads_as_nobody(paths) == expected
+    sid, drive = snapshot(env, "acl")
+    os.removexattr(paths[0], "system.posix_acl_access")  # back to plain 0600: 65534 loses access
+    os.removexattr(paths[1], "system.posix_acl_access")  # back to plain 0644: 65534 gains it
+    assert _reads_as_nobody(paths) == ["EACCES", "denied"]
+    in_drive = [os.path.join(drive, "acl", "shared", os.path.basename(p)) for p in paths]
+    assert _reads_as_nobody(in_drive) == expected
+    env.ok("destroy", sid)
 
 
 # ----------------------------------------------------------------------- git
