@@ -567,6 +567,14 @@ class LiveOperations(_Operations):
         return 0
 
     @translated
+    def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
+        """fsync of a directory: the backing directory is flushed (Volume.fsyncdir)."""
+        if path is None:
+            raise OSError(errno.ESTALE, "fsync of a removed directory")
+        self.volume.fsyncdir(path, bool(datasync))
+        return 0
+
+    @translated
     def flush(self, path: str | None, fh: int) -> int:
         self.volume.flush(fh)
         return 0

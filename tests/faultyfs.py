@@ -10,7 +10,7 @@ Every operation goes to the same path under UNDERLYING. Faults are chosen at
 run time by the file ``UNDERLYING/.faults`` (hidden from listings and
 lookups), read again whenever it changes: one rule per line, ``OP TEXT``,
 which makes OP fail with EIO for every path containing TEXT. OP is one of
-read, write, open, getattr, readdir, truncate, fsync. An empty or missing
+read, write, open, getattr, readdir, truncate, fsync, fsyncdir. An empty or missing
 file means no faults, so a test can inject and clear faults by writing that
 file directly in UNDERLYING, never through the mount.
 """
@@ -162,6 +162,15 @@ class FaultyFS:
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         self._check("fsync", path)
         os.fsync(fh)
+        return 0
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        self._check("fsyncdir", path)
+        fd = os.open(self._p(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return 0
 
     def flush(self, path: str, fh: int) -> int:

@@ -18,6 +18,7 @@ process (the daemon is a subprocess).
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import Env, compare, manifest, run_tool, served
+from test_io_errors import errno_of, faults, faulty_volume
 
 REPO = Path(__file__).resolve().parent.parent
 #: every field a snapshot must reproduce exactly (ctime and inode numbers too);
@@ -141,6 +143,36 @@ def test_o_direct_reads_and_writes_work_as_on_a_plain_directory(env: Env, twin: 
         new = f.read(1 << 16)
     assert (old, new) == (b"A" * (1 << 16), b"D" * (1 << 16))
     env.ok("destroy", sid)
+
+
+# ------------------------------------------------------------ directory fsync
+
+
+def test_fsync_of_a_directory_reaches_the_backing_directory() -> None:
+    """fsync(2) of a directory in the live view flushes the backing directory.
+
+    sqlite, git and every write-then-rename program sync the directory to
+    make a create, rename or unlink durable. Before the fix the adapter had
+    no fsyncdir: the kernel took libfuse's ENOSYS as "nothing to do" and
+    answered success without flushing anything. The backing here is
+    tests/faultyfs.py, so a failing directory sync underneath proves the
+    sync got there: it must reach the application as EIO.
+    """
+    with faulty_volume() as (env, under):
+        env.start()
+        work = os.path.join(env.live, "dir")
+        os.mkdir(work)
+        Path(work, "file").write_bytes(b"data")
+        fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+            faults(under, "fsyncdir /dir")
+            assert errno_of(os.fsync, fd) == errno.EIO
+            assert errno_of(os.fdatasync, fd) == errno.EIO
+            faults(under)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # ------------------------------------------------------- umask, default ACLs
