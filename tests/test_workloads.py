@@ -12,6 +12,12 @@ tests/daemon_helpers.py: teardown always unmounts), and checks two things:
 * every virtual drive equals the live view at its snapshot instant (the
   workload is paused, the live view's manifest taken, then the snapshot).
 
+Four of the tests hold defects these workloads found (each fails without
+its fix; docs/conformance.md, "Applications on the live view"): O_DIRECT
+I/O, the umask under a default ACL, ACL entries in permission checks (as
+uid 65534), and fsync of a directory (over tests/faultyfs.py, whose failing
+directory sync proves the sync reached the backing filesystem).
+
 Every wait has a timeout; nothing here touches a mount from the daemon's
 process (the daemon is a subprocess).
 """
