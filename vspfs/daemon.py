@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from vspfs import __version__, winplatform
 from vspfs.errors import DaemonNotRunning, MountError, SnapshotInvalid, UsageError, VspError
 from vspfs.paths import inside as _inside
+from vspfs.paths import printable as _printable
 from vspfs.paths import real_path as _real
 
 if TYPE_CHECKING:
@@ -1443,15 +1444,6 @@ def _drive_dirs(base: str, vols: list[Volume]) -> Iterator[str]:
             name = f"{name}-{vol.volume_id[:8]}"
         used.add(name)
         yield os.path.join(base, name)
-
-
-def _printable(path: str) -> str:
-    """A path that JSON can carry: names that are not UTF-8 get \\xNN escapes."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _why(exc: BaseException) -> str:

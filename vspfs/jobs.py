@@ -46,6 +46,7 @@ from vspfs.control import client_gone
 from vspfs.databases import DatabaseHint, detect
 from vspfs.errors import DaemonNotRunning, QuietPeriodTimeout, UsageError, VspError
 from vspfs.paths import inside as _inside
+from vspfs.paths import printable
 
 if TYPE_CHECKING:
     from vspfs.daemon import Daemon
@@ -138,15 +139,6 @@ def when_quiet(
 
 def _utc(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
-def printable(path: str) -> str:
-    """A path that JSON can carry: names that are not UTF-8 get \\xNN escapes."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _seconds(args: dict[str, Any], key: str) -> float:

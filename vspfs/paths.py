@@ -18,3 +18,12 @@ def real_path(path: str) -> str:
 def inside(path: str, root: str) -> bool:
     """True if ``path`` is ``root`` or below it (both real paths)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def printable(path: str) -> str:
+    """A path that JSON can carry: names that are not UTF-8 get \\xNN escapes."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
