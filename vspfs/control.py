@@ -431,20 +431,32 @@ class ControlServer:
     def _write_key_private(self, transport: Any) -> None:
         """Write a fresh key into a file that only the owner (and SYSTEM) may open.
 
-        The descriptor is set when the file is created under a random
-        temporary name, then the file is moved into place (the move keeps it).
+        The descriptor is set when the file is created under the temporary
+        name (see _install_key), and the move into place keeps it.
         """
+
+        def write(tmp: str, data: bytes) -> None:
+            transport.write_private_file(tmp, data, self._owner_sid)
+
+        self._install_key(write)
+
+    def _install_key(self, write: Callable[[str, bytes], os.stat_result | None]) -> None:
+        """Make a fresh key, have ``write`` create it under a random temporary
+        name next to the key file, then move it into place atomically and
+        remember which file is ours. ``write`` returns the new file's stat if
+        it has it (else the installed file is stat'ed)."""
         self._key = secrets.token_hex(32).encode("ascii")
         directory, name = os.path.split(self.key_path)
         tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}")
-        transport.write_private_file(tmp, self._key + b"\n", self._owner_sid)
+        st = write(tmp, self._key + b"\n")
         try:
             os.replace(tmp, self.key_path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        st = os.stat(self.key_path)
+        if st is None:
+            st = os.stat(self.key_path)
         self._owned[self.key_path] = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
@@ -572,24 +584,18 @@ class ControlServer:
         O_EXCL|O_NOFOLLOW on a random temporary name means we never write
         through a file or symlink someone else prepared.
         """
-        self._key = secrets.token_hex(32).encode("ascii")
-        directory = os.path.dirname(self.key_path)
-        tmp = os.path.join(directory, f".{os.path.basename(self.key_path)}.{secrets.token_hex(6)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self._key + b"\n")
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.replace(tmp, self.key_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._owned[self.key_path] = (st.st_dev, st.st_ino)
+
+        def write(tmp: str, data: bytes) -> os.stat_result:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, data)
+                os.fsync(fd)
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
+
+        self._install_key(write)
 
     def _listen(self) -> None:
         """Bind under a private temporary name, chmod 0600, then rename into place.
