@@ -48,6 +48,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the checkout this script is in, like the daemon it starts
+
+from vspfs import procs  # noqa: E402  (the process tree: the daemon's children)
+
 CLI_TIMEOUT = 120.0
 VOLUMES = ("vol1", "vol2")
 
@@ -214,22 +218,6 @@ def diff(expected: dict[str, str], got: dict[str, str], limit: int = 10) -> list
     return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
 
 
-def child_count(pid: int) -> int:
-    """How many processes have ``pid`` as parent (the janitor, fusermount3 helpers...)."""
-    n = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[-1].split()
-        except OSError:
-            continue
-        if len(fields) > 1 and int(fields[1]) == pid:
-            n += 1
-    return n
-
-
 def proc_sample(pid: int) -> tuple[int, int, int]:
     """(VmRSS in KiB, open descriptors, child processes) of ``pid``."""
     rss = 0
@@ -237,7 +225,7 @@ def proc_sample(pid: int) -> tuple[int, int, int]:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/fd")), child_count(pid)
+    return rss, len(os.listdir(f"/proc/{pid}/fd")), len(procs.children(pid))
 
 
 def fd_kinds(pid: int) -> dict[str, int]:
