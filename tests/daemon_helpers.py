@@ -33,7 +33,17 @@ from typing import Any
 
 from test_daemon_e2e import Env, mounts_under, open_errno, wait_until
 
-__all__ = ["Env", "compare", "leftovers", "manifest", "mounts_under", "open_errno", "served", "wait_until"]
+__all__ = [
+    "EXACT_FIELDS",
+    "Env",
+    "compare",
+    "leftovers",
+    "manifest",
+    "mounts_under",
+    "open_errno",
+    "served",
+    "wait_until",
+]
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -173,6 +183,10 @@ def manifest(
 #: fields compared unless told otherwise (no inode numbers, no ctime: a
 #: restored copy cannot have them; snapshots can, and ask for them)
 DEFAULT_FIELDS = ("type", "mode", "uid", "gid", "size", "sha256", "target", "rdev", "xattrs", "mtime_s")
+#: every field a snapshot (or the live view, against its backing) must
+#: reproduce exactly: nanosecond times and inode numbers too; not st_blocks,
+#: which ext4 may change at writeback without a write (docs/design.md)
+EXACT_FIELDS = (*DEFAULT_FIELDS[:-1], "mtime_ns", "ctime_ns", "ino")
 
 
 def compare(

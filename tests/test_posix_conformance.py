@@ -32,7 +32,7 @@ from typing import Any
 
 import posix_battery
 import pytest
-from daemon_helpers import Env, compare, leftovers, manifest, served, wait_until
+from daemon_helpers import EXACT_FIELDS, Env, compare, leftovers, manifest, served, wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -189,20 +189,7 @@ def test_snapshot_kept_the_setup_state(live_snapshot: SnapshotRun) -> None:
     problems = compare(
         before,
         seen,
-        fields=(
-            "type",
-            "mode",
-            "uid",
-            "gid",
-            "size",
-            "sha256",
-            "target",
-            "rdev",
-            "xattrs",
-            "mtime_ns",
-            "ctime_ns",
-            "ino",
-        ),
+        fields=EXACT_FIELDS,
     )
     assert problems == [], "\n".join(problems[:40])
     status = live_snapshot.status

@@ -37,26 +37,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Env, compare, manifest, run_tool, served
+from daemon_helpers import EXACT_FIELDS, Env, compare, manifest, run_tool, served
 from test_io_errors import errno_of, faults, faulty_volume
 
 REPO = Path(__file__).resolve().parent.parent
-#: every field a snapshot must reproduce exactly (ctime and inode numbers too);
-#: not st_blocks, which ext4 may change at writeback without a write (docs/design.md)
-EXACT = (
-    "type",
-    "mode",
-    "uid",
-    "gid",
-    "size",
-    "sha256",
-    "target",
-    "rdev",
-    "xattrs",
-    "mtime_ns",
-    "ctime_ns",
-    "ino",
-)
 
 pytestmark = pytest.mark.mount
 
@@ -369,7 +353,7 @@ def test_git_commits_gc_and_repack_with_a_snapshot_after_every_step(env: Env, tw
     assert _git_steps(work, snap) == expected
     for sid, drive, before in drives:
         here = os.path.join(drive, "git")
-        assert compare(before, manifest(here), fields=EXACT) == [], drive  # type: ignore[arg-type]
+        assert compare(before, manifest(here), fields=EXACT_FIELDS) == [], drive  # type: ignore[arg-type]
         fsck = run_tool(["git", "-C", os.path.join(here, "repo"), "fsck", "--full"], timeout=120)
         assert fsck.returncode == 0, fsck.stderr
         env.ok("destroy", sid)
