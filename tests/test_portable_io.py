@@ -10,7 +10,12 @@ WriteFile read and write at the OVERLAPPED offset and enforce Windows'
 mandatory byte locks, LockFileEx takes a real per-handle byte-range lock
 (Linux open file description locks, which conflict between handles as
 Windows locks do)). With it, the cache file's own tests run once more
-through the Windows branch (``test_cachefile_over_win32_*`` below).
+through the Windows branch (``test_cachefile_over_win32_*`` below). The
+host filesystem primitives (directory fds, their current path, opening by
+file id, rename on a handle, attributes, and security descriptors over a
+fake advapi32) run over the same fake, which keeps to what Windows does:
+a directory needs FILE_FLAG_BACKUP_SEMANTICS, a rename needs DELETE access,
+an unknown file id answers ERROR_INVALID_PARAMETER.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import errno
 import fcntl
 import os
 import stat
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -142,7 +148,7 @@ def _winerror_of(exc: OSError) -> int:
 class _FakeFunction:
     """One export: declared like ctypes (restype, argtypes), checks its calls."""
 
-    def __init__(self, dll: FakeKernel32, name: str) -> None:
+    def __init__(self, dll: _FakeDll, name: str) -> None:
         self.dll = dll
         self.name = name
         self.restype: object = None
@@ -157,26 +163,42 @@ class _FakeFunction:
         return getattr(self.dll, "do_" + self.name)(*args)
 
 
-class FakeKernel32:
+class _FakeDll:
+    """A DLL whose exports are :class:`_FakeFunction`s doing ``do_<name>``."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, _FakeFunction] = {}
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def __getattr__(self, name: str) -> _FakeFunction:
+        if name.startswith(("_", "do_")):
+            raise AttributeError(name)
+        return self.functions.setdefault(name, _FakeFunction(self, name))
+
+
+def _proc_path(fd: int) -> str:
+    """Where a Linux fd is now (what GetFinalPathNameByHandleW answers)."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+class FakeKernel32(_FakeDll):
     """kernel32 over Linux files: a handle is a Linux fd of its own (so locks
     are per handle, as on Windows); ``last_error`` is the thread's last error."""
 
     INVALID = ctypes.c_void_p(-1).value
 
     def __init__(self) -> None:
-        self.functions: dict[str, _FakeFunction] = {}
-        self.calls: list[tuple[str, tuple[object, ...]]] = []
+        super().__init__()
         self.handles: dict[int, int] = {}  # handle -> Linux fd
         self.by_fd: dict[int, int] = {}  # Linux fd -> handle (the CRT's table)
-        self.access: dict[int, int] = {}  # handle -> GENERIC_READ/GENERIC_WRITE granted
+        self.access: dict[int, int] = {}  # handle -> the access mask granted
         self.last_error = 0
         self.fail: dict[str, int] = {}  # function name -> Win32 error to fail with
+        self.attributes: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> attributes set
+        self.final_names: dict[int, str] = {}  # handle -> what GetFinalPathNameByHandleW answers
+        self.volume: str | None = None  # where OpenFileById looks (default: the hint's directory)
+        self.renames: list[tuple[int, bytes]] = []  # (class, FILE_RENAME_INFO as it was when called)
         self._next = 0x1000
-
-    def __getattr__(self, name: str) -> _FakeFunction:
-        if name.startswith(("_", "do_")):
-            raise AttributeError(name)
-        return self.functions.setdefault(name, _FakeFunction(self, name))
 
     def _error(self, code: int, result: object = 0) -> object:
         self.last_error = code
@@ -197,13 +219,13 @@ class FakeKernel32:
 
     # -- the exports ---------------------------------------------------------
 
-    def do_CreateFileW(
-        self, path: str, access: int, share: int, sa: object, disp: int, attrs: int, tmpl: object
-    ):
-        assert sa is None and tmpl is None
-        assert share == pio.FILE_SHARE_READ | pio.FILE_SHARE_WRITE | pio.FILE_SHARE_DELETE
+    def _open(self, path: str, access: int, disp: int, attrs: int) -> object:
+        """CreateFileW's work, shared with OpenFileById."""
         rw = access & (pio.GENERIC_READ | pio.GENERIC_WRITE)
-        flags = {pio.GENERIC_READ: os.O_RDONLY, pio.GENERIC_WRITE: os.O_WRONLY}.get(rw, os.O_RDWR)
+        if rw:
+            flags = {pio.GENERIC_READ: os.O_RDONLY, pio.GENERIC_WRITE: os.O_WRONLY}.get(rw, os.O_RDWR)
+        else:  # no data access: a directory listing (FILE_LIST_DIRECTORY), or nothing at all
+            flags = os.O_RDONLY if access & pio.FILE_LIST_DIRECTORY else os.O_PATH
         flags |= {
             pio.CREATE_NEW: os.O_CREAT | os.O_EXCL,
             pio.CREATE_ALWAYS: os.O_CREAT | os.O_TRUNC,
@@ -211,8 +233,11 @@ class FakeKernel32:
             pio.TRUNCATE_EXISTING: os.O_TRUNC,
             pio.OPEN_EXISTING: 0,
         }[disp]
-        if attrs & pio.FILE_FLAG_OPEN_REPARSE_POINT and os.path.islink(path):
+        link = bool(attrs & pio.FILE_FLAG_OPEN_REPARSE_POINT) and os.path.islink(path)
+        if link:
             flags = os.O_PATH | os.O_NOFOLLOW  # the link itself, as Windows opens the reparse point
+        elif os.path.isdir(path) and not attrs & pio.FILE_FLAG_BACKUP_SEMANTICS:
+            return self._error(pio.ERROR_ACCESS_DENIED, self.INVALID)  # "you must set this flag"
         mode = 0o444 if attrs & pio.FILE_ATTRIBUTE_READONLY else 0o666
         try:
             try:  # read-write underneath whatever was asked: Linux wants it for write locks, Windows does not
@@ -223,9 +248,16 @@ class FakeKernel32:
             return self._error(_winerror_of(exc), self.INVALID)
         self._next += 4
         self.handles[self._next] = fd
-        self.access[self._next] = rw
+        self.access[self._next] = access
         self.by_fd[fd] = self._next
         return self._next
+
+    def do_CreateFileW(
+        self, path: str, access: int, share: int, sa: object, disp: int, attrs: int, tmpl: object
+    ):
+        assert sa is None and tmpl is None
+        assert share == pio.FILE_SHARE_READ | pio.FILE_SHARE_WRITE | pio.FILE_SHARE_DELETE
+        return self._open(path, access, disp, attrs)
 
     def do_CloseHandle(self, handle: int) -> int:
         os.close(self.handles.pop(handle))
@@ -235,7 +267,13 @@ class FakeKernel32:
         assert cls == pio.FILE_ATTRIBUTE_TAG_INFO_CLASS and size == ctypes.sizeof(info._obj)  # 8 on Windows
         st = os.fstat(self.handles[handle])
         link = stat.S_ISLNK(st.st_mode)
-        info._obj.FileAttributes = pio.FILE_ATTRIBUTE_REPARSE_POINT if link else pio.FILE_ATTRIBUTE_NORMAL
+        if link:
+            attributes = pio.FILE_ATTRIBUTE_REPARSE_POINT
+        elif stat.S_ISDIR(st.st_mode):
+            attributes = pio.FILE_ATTRIBUTE_DIRECTORY
+        else:
+            attributes = pio.FILE_ATTRIBUTE_NORMAL
+        info._obj.FileAttributes = attributes
         info._obj.ReparseTag = 0xA000000C if link else 0  # IO_REPARSE_TAG_SYMLINK
         return 1
 
@@ -272,6 +310,10 @@ class FakeKernel32:
     def do_SetFileInformationByHandle(self, handle: int, cls: int, info: Any, size: int) -> int:
         from vspfs import syscalls
 
+        if cls in (pio.FILE_RENAME_INFO_CLASS, pio.FILE_RENAME_INFO_EX_CLASS):
+            raw = bytes(info._obj)[:size]
+            self.renames.append((cls, raw))
+            return self._rename(handle, cls, raw)
         assert size == 8
         fd, value = self.handles[handle], int(info._obj.value)
         name = {pio.FILE_ALLOCATION_INFO_CLASS: "alloc", pio.FILE_END_OF_FILE_INFO_CLASS: "eof"}[cls]
@@ -306,6 +348,147 @@ class FakeKernel32:
         free._obj.value = st.f_bfree * st.f_frsize
         return 1
 
+    def _rename(self, handle: int, cls: int, raw: bytes) -> int:
+        """FILE_RENAME_INFO read at the offsets 64-bit Windows uses (written
+        out here, not taken from the declaration under test)."""
+        from vspfs import syscalls
+
+        assert len(raw) >= 24  # never less than sizeof(FILE_RENAME_INFO)
+        (flags,) = struct.unpack_from("<I", raw, 0)
+        (root,) = struct.unpack_from("<Q", raw, 8)
+        (length,) = struct.unpack_from("<I", raw, 16)
+        assert root == 0 and length % 2 == 0 and len(raw) >= 20 + length + 2
+        assert raw[20 + length : 22 + length] == b"\0\0"  # NUL-terminated, not counted
+        new = raw[20 : 20 + length].decode("utf-16-le")
+        if cls == pio.FILE_RENAME_INFO_EX_CLASS:
+            if self._injected("renameex"):  # a Windows or a file system without the class
+                return int(self._error(self._injected("renameex")))  # type: ignore[arg-type]
+            assert flags & pio.FILE_RENAME_FLAG_POSIX_SEMANTICS and not flags & ~0x3
+            replace = bool(flags & pio.FILE_RENAME_FLAG_REPLACE_IF_EXISTS)
+        else:
+            assert raw[1:4] == b"\0\0\0" and raw[0] in (0, 1)  # a BOOLEAN, the rest of the DWORD clear
+            replace = bool(raw[0])
+        if not self.access[handle] & pio.DELETE:
+            return int(self._error(pio.ERROR_ACCESS_DENIED))  # type: ignore[arg-type]
+        old = _proc_path(self.handles[handle])
+        try:
+            if replace:
+                os.rename(old, new)
+            else:
+                syscalls.renameat2(-100, old, -100, new, 1)  # AT_FDCWD, RENAME_NOREPLACE
+        except FileExistsError:
+            return int(self._error(pio.ERROR_ALREADY_EXISTS))  # type: ignore[arg-type]  # what NTFS says
+        except OSError as exc:
+            return int(self._error(_winerror_of(exc)))  # type: ignore[arg-type]
+        return 1
+
+    def do_GetFinalPathNameByHandleW(self, handle: int, buf: Any, size: int, flags: int) -> int:
+        assert flags == 0 and size <= len(buf)  # FILE_NAME_NORMALIZED | VOLUME_NAME_DOS; no overrun
+        if self._injected("GetFinalPathNameByHandleW"):
+            return int(self._error(self._injected("GetFinalPathNameByHandleW")))  # type: ignore[arg-type]
+        path = self.final_names.get(handle) or _proc_path(self.handles[handle])
+        if len(path) + 1 > size:
+            return len(path) + 1  # too small: the size needed, NUL included
+        buf.value = path
+        return len(path)
+
+    def do_OpenFileById(self, hint: int, desc: Any, access: int, share: int, sa: object, flags: int):
+        assert sa is None and share == pio.FILE_SHARE_READ | pio.FILE_SHARE_WRITE | pio.FILE_SHARE_DELETE
+        assert flags & pio.FILE_FLAG_BACKUP_SEMANTICS
+        if self._injected("OpenFileById"):
+            return self._error(self._injected("OpenFileById"), self.INVALID)
+        d = desc._obj
+        assert d.dwSize == ctypes.sizeof(d) == 24
+        raw = bytes(d)
+        (kind,) = struct.unpack_from("<i", raw, 4)
+        if kind == pio.FILE_ID_TYPE_FILE_ID:
+            (wanted,) = struct.unpack_from("<Q", raw, 8)
+        else:
+            assert kind == pio.FILE_ID_TYPE_EXTENDED
+            wanted = int.from_bytes(raw[8:24], "little")
+        hint_fd = self.handles[hint]
+        dev = os.fstat(hint_fd).st_dev
+        root = self.volume or os.path.dirname(_proc_path(hint_fd))
+        for where, dirs, files in os.walk(root):
+            for name in [".", *dirs, *files]:
+                path = os.path.normpath(os.path.join(where, name))
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == (dev, wanted):
+                    return self._open(path, access, pio.OPEN_EXISTING, flags)
+        return self._error(pio.ERROR_INVALID_PARAMETER, self.INVALID)  # NTFS, for an id nobody has
+
+    def _key(self, path: str) -> tuple[int, int]:
+        st = os.lstat(path)
+        return st.st_dev, st.st_ino
+
+    def do_GetFileAttributesW(self, path: str) -> int:
+        try:
+            st = os.lstat(path)  # "returns attributes for the symbolic link"
+        except OSError as exc:
+            return int(self._error(_winerror_of(exc), pio.INVALID_FILE_ATTRIBUTES))  # type: ignore[arg-type]
+        attributes = self.attributes.get((st.st_dev, st.st_ino), 0)
+        if stat.S_ISLNK(st.st_mode):
+            attributes |= pio.FILE_ATTRIBUTE_REPARSE_POINT
+        elif stat.S_ISDIR(st.st_mode):
+            attributes |= pio.FILE_ATTRIBUTE_DIRECTORY
+        return attributes or pio.FILE_ATTRIBUTE_NORMAL
+
+    def do_SetFileAttributesW(self, path: str, attributes: int) -> int:
+        assert not (attributes & pio.FILE_ATTRIBUTE_NORMAL and attributes != pio.FILE_ATTRIBUTE_NORMAL)
+        try:
+            key = self._key(path)
+        except OSError as exc:
+            return int(self._error(_winerror_of(exc)))  # type: ignore[arg-type]
+        kept = pio.FILE_ATTRIBUTE_DIRECTORY | pio.FILE_ATTRIBUTE_REPARSE_POINT  # not settable
+        self.attributes[key] = attributes & ~kept & ~pio.FILE_ATTRIBUTE_NORMAL
+        return 1
+
+
+class FakeAdvapi32(_FakeDll):
+    """advapi32's file security calls, a descriptor per inode (following
+    links, as GetFileSecurityW opens the name); the thread's last error is
+    kernel32's."""
+
+    #: a self-relative descriptor with nothing in it: what a file starts with here
+    EMPTY_SD = struct.pack("<BBHIIII", 1, 0, pio.SE_SELF_RELATIVE, 0, 0, 0, 0)
+
+    def __init__(self, kernel32: FakeKernel32) -> None:
+        super().__init__()
+        self.k = kernel32
+        self.descriptors: dict[tuple[int, int], bytes] = {}
+        self.privileges: set[str] = set()
+
+    def _error(self, code: int) -> int:
+        self.k.last_error = code
+        return 0
+
+    def _key(self, path: str) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    def do_GetFileSecurityW(self, path: str, info: int, buf: Any, size: int, needed: Any) -> int:
+        if info & pio.SACL_SECURITY_INFORMATION and "SeSecurityPrivilege" not in self.privileges:
+            return self._error(pio.ERROR_PRIVILEGE_NOT_HELD)
+        try:
+            sd = self.descriptors.get(self._key(path), self.EMPTY_SD)
+        except OSError as exc:
+            return self._error(_winerror_of(exc))
+        needed._obj.value = len(sd)
+        if len(sd) > size:
+            return self._error(pio.ERROR_INSUFFICIENT_BUFFER)  # "none of the descriptor is returned"
+        assert size <= ctypes.sizeof(buf._obj)
+        ctypes.memmove(buf._obj, sd, len(sd))
+        return 1
+
+    def do_SetFileSecurityW(self, path: str, info: int, sd: Any) -> int:
+        if info & pio.SACL_SECURITY_INFORMATION and "SeSecurityPrivilege" not in self.privileges:
+            return self._error(pio.ERROR_PRIVILEGE_NOT_HELD)
+        try:
+            self.descriptors[self._key(path)] = bytes(sd._obj)
+        except OSError as exc:
+            return self._error(_winerror_of(exc))
+        return 1
+
 
 class FakeMsvcrt:
     """The CRT's fd table: ``open_osfhandle`` gives the handle's Linux fd."""
@@ -328,7 +511,7 @@ class FakeMsvcrt:
 @pytest.fixture
 def win() -> pio.Win32Files:
     k = FakeKernel32()
-    return pio.Win32Files(k, FakeMsvcrt(k), lambda: k.last_error)
+    return pio.Win32Files(k, FakeMsvcrt(k), lambda: k.last_error, FakeAdvapi32(k))
 
 
 @pytest.fixture
@@ -341,6 +524,14 @@ def over_win32(monkeypatch: pytest.MonkeyPatch, win: pio.Win32Files) -> Iterator
 
 def _k(win: pio.Win32Files) -> FakeKernel32:
     return win._k  # type: ignore[no-any-return]
+
+
+def _a(win: pio.Win32Files) -> FakeAdvapi32:
+    return win._a  # type: ignore[no-any-return]
+
+
+def _win_msvcrt_flags(win: pio.Win32Files) -> list[int]:
+    return win._msvcrt.flags  # type: ignore[no-any-return]
 
 
 # -------------------------------------------------------- Windows branch
@@ -358,11 +549,12 @@ def test_module_binds_the_windows_branch_on_windows(monkeypatch: pytest.MonkeyPa
     fake = FakeMsvcrt(k)
     crt.get_osfhandle = fake.get_osfhandle  # type: ignore[attr-defined]
     crt.open_osfhandle = fake.open_osfhandle  # type: ignore[attr-defined]
+    advapi32 = FakeAdvapi32(k)
     loaded: list[tuple[str, bool]] = []
 
-    def win_dll(name: str, use_last_error: bool = False) -> FakeKernel32:
+    def win_dll(name: str, use_last_error: bool = False) -> _FakeDll:
         loaded.append((name, use_last_error))
-        return k
+        return {"kernel32": k, "advapi32": advapi32}[name]
 
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setitem(sys.modules, "msvcrt", crt)
@@ -372,7 +564,9 @@ def test_module_binds_the_windows_branch_on_windows(monkeypatch: pytest.MonkeyPa
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.WINDOWS and loaded == [("kernel32", True)]  # GetLastError kept per call by ctypes
+    # GetLastError kept per call by ctypes, for both DLLs
+    assert mod.WINDOWS and loaded == [("kernel32", True), ("advapi32", True)]
+    assert mod._win._a is advapi32 and advapi32.functions["GetFileSecurityW"].argtypes
     for name in mod.BINDINGS:
         bound = getattr(mod, name)
         expected = getattr(mod._win, name)
@@ -393,8 +587,14 @@ def test_every_win32_function_has_the_documented_arity(win: pio.Win32Files) -> N
         "LockFileEx": 6,
         "UnlockFileEx": 5,
         "GetDiskFreeSpaceExW": 4,
+        "GetFinalPathNameByHandleW": 4,
+        "OpenFileById": 6,
+        "GetFileAttributesW": 1,
+        "SetFileAttributesW": 2,
     }.items():
         assert len(functions[name].argtypes or ()) == count, name
+    for name, count in {"GetFileSecurityW": 5, "SetFileSecurityW": 3}.items():
+        assert len(_a(win).functions[name].argtypes or ()) == count, name
     from ctypes import wintypes
 
     # OVERLAPPED: Internal, InternalHigh (ULONG_PTR), Offset, OffsetHigh (DWORD), hEvent
@@ -436,6 +636,34 @@ def test_documented_constants() -> None:
     assert pio.FILE_ATTRIBUTE_TAG_INFO_CLASS == 9
     assert (pio.ERROR_LOCK_VIOLATION, pio.ERROR_HANDLE_EOF, pio.ERROR_DISK_FULL) == (33, 38, 112)
     assert (pio.ERROR_HANDLE_DISK_FULL, pio.ERROR_FILE_EXISTS) == (39, 80)
+    # the host filesystem primitives
+    assert (pio.DELETE, pio.READ_CONTROL, pio.SYNCHRONIZE) == (0x10000, 0x20000, 0x100000)
+    assert (pio.FILE_LIST_DIRECTORY, pio.FILE_TRAVERSE, pio.FILE_READ_ATTRIBUTES) == (0x1, 0x20, 0x80)
+    assert pio._DIRECTORY_ACCESS == 0x001200A1
+    assert pio.FILE_FLAG_BACKUP_SEMANTICS == 0x02000000
+    assert (pio.FILE_ATTRIBUTE_HIDDEN, pio.FILE_ATTRIBUTE_SYSTEM, pio.FILE_ATTRIBUTE_DIRECTORY) == (
+        2,
+        4,
+        0x10,
+    )
+    assert pio.INVALID_FILE_ATTRIBUTES == 0xFFFFFFFF
+    assert (pio.FILE_RENAME_INFO_CLASS, pio.FILE_RENAME_INFO_EX_CLASS) == (3, 22)
+    assert (pio.FILE_RENAME_FLAG_REPLACE_IF_EXISTS, pio.FILE_RENAME_FLAG_POSIX_SEMANTICS) == (1, 2)
+    assert (pio.FILE_NAME_NORMALIZED, pio.VOLUME_NAME_DOS) == (0, 0)
+    assert (pio.FILE_ID_TYPE_FILE_ID, pio.FILE_ID_TYPE_EXTENDED) == (0, 2)
+    assert (
+        pio.OWNER_SECURITY_INFORMATION,
+        pio.GROUP_SECURITY_INFORMATION,
+        pio.DACL_SECURITY_INFORMATION,
+        pio.SACL_SECURITY_INFORMATION,
+    ) == (1, 2, 4, 8)
+    assert (pio.SE_DACL_PRESENT, pio.SE_SACL_PRESENT, pio.SE_SELF_RELATIVE) == (0x4, 0x10, 0x8000)
+    assert (pio.ERROR_NOT_SAME_DEVICE, pio.ERROR_INSUFFICIENT_BUFFER, pio.ERROR_DIR_NOT_EMPTY) == (
+        17,
+        122,
+        145,
+    )
+    assert (pio.ERROR_DIRECTORY, pio.ERROR_PRIVILEGE_NOT_HELD, pio.ERROR_ALREADY_EXISTS) == (267, 1314, 183)
 
 
 def test_win_errors_carry_errno_and_winerror() -> None:
@@ -444,6 +672,30 @@ def test_win_errors_carry_errno_and_winerror() -> None:
     assert isinstance(pio.win_error(pio.ERROR_FILE_EXISTS, "x"), FileExistsError)
     assert isinstance(pio.win_error(pio.ERROR_FILE_NOT_FOUND), FileNotFoundError)
     assert pio.win_error(12345).errno == errno.EIO
+    assert pio.win_error(pio.ERROR_HANDLE_DISK_FULL).errno == errno.ENOSPC
+    assert pio.win_error(pio.ERROR_NOT_SAME_DEVICE).errno == errno.EXDEV
+    assert pio.win_error(pio.ERROR_DIR_NOT_EMPTY).errno == errno.ENOTEMPTY
+    assert isinstance(pio.win_error(pio.ERROR_DIRECTORY), NotADirectoryError)
+    assert isinstance(pio.win_error(pio.ERROR_PRIVILEGE_NOT_HELD), PermissionError)
+    both = pio.win_error(pio.ERROR_ALREADY_EXISTS, "old", "new")
+    assert isinstance(both, FileExistsError) and (both.filename, both.filename2) == ("old", "new")
+
+
+def test_win_error_keeps_winerror_out_of_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given to OSError's constructor on Windows, winerror makes CPython
+    recompute errno with its own table, where ERROR_HANDLE_DISK_FULL is
+    EINVAL: a full cache volume would stop being ENOSPC there."""
+    seen: list[tuple[object, ...]] = []
+
+    class Recording(OSError):
+        def __init__(self, *args: object) -> None:
+            seen.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(pio, "OSError", Recording, raising=False)
+    exc = pio.win_error(pio.ERROR_HANDLE_DISK_FULL, "f")
+    assert seen and seen[0][0] == errno.ENOSPC and seen[0][3] is None
+    assert exc.winerror == pio.ERROR_HANDLE_DISK_FULL  # type: ignore[attr-defined]  # set afterwards
 
 
 def test_win_positional_io(tmp_path: Path, win: pio.Win32Files) -> None:
@@ -524,9 +776,17 @@ def test_win_open_flags_and_refusals(tmp_path: Path, win: pio.Win32Files) -> Non
     fd = win.open_at(None, str(tmp_path / "f"), os.O_RDONLY | win.O_NONBLOCK)
     os.close(fd)
     (_, args) = [c for c in k.calls if c[0] == "CreateFileW"][-1]
-    assert (
-        args[1] == pio.GENERIC_READ and args[4] == pio.OPEN_EXISTING and args[5] == pio.FILE_ATTRIBUTE_NORMAL
-    )
+    assert args[1] == pio.GENERIC_READ and args[4] == pio.OPEN_EXISTING
+    # read-only opens take backup semantics, so a directory opens as it does with POSIX's O_RDONLY
+    assert args[5] == pio.FILE_ATTRIBUTE_NORMAL | pio.FILE_FLAG_BACKUP_SEMANTICS
+    (tmp_path / "sub").mkdir()
+    fd = win.open_at(d, "sub", os.O_RDONLY | win.O_NOFOLLOW)
+    try:
+        assert stat.S_ISDIR(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    with pytest.raises(PermissionError):  # Windows' answer where POSIX says EISDIR
+        win.open_at(d, "sub", os.O_RDWR)
     os.symlink("f", tmp_path / "link")
     before = set(k.handles)
     with pytest.raises(OSError) as info:
@@ -616,6 +876,356 @@ def test_winplatform_locks_follow_the_binding(over_win32: pio.Win32Files, tmp_pa
         os.close(a)
         os.close(b)
     assert any(n == "LockFileEx" for n, _ in _k(over_win32).calls)
+
+
+# ------------------------------------ host filesystem primitives (hostfs)
+
+
+def test_win_struct_layouts_are_windows_64_bit() -> None:
+    """FILE_RENAME_INFO and FILE_ID_DESCRIPTOR as 64-bit Windows lays them
+    out (this machine's pointers are 64-bit too, so ctypes computes the
+    same offsets): a wrong offset would rename to garbage or open nothing."""
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        pytest.skip("the offsets below are those of a 64-bit process")
+    k = FakeKernel32()
+    win = pio.Win32Files(k, FakeMsvcrt(k), lambda: k.last_error)
+    rename = win.FILE_RENAME_INFO
+    offsets = {name: getattr(rename, name).offset for name in ("Flags", "ReplaceIfExists", "RootDirectory")}
+    assert offsets == {"Flags": 0, "ReplaceIfExists": 0, "RootDirectory": 8}
+    assert (rename.FileNameLength.offset, rename.FileName.offset, ctypes.sizeof(rename)) == (16, 20, 24)
+    assert rename.FileName.size == 2  # one WCHAR
+    desc = win.FILE_ID_DESCRIPTOR
+    assert (desc.dwSize.offset, desc.Type.offset) == (0, 4)
+    assert (desc.FileId.offset, desc.ObjectId.offset, desc.ExtendedFileId.offset) == (8, 8, 8)
+    assert (desc.FileId.size, desc.ObjectId.size, desc.ExtendedFileId.size) == (8, 16, 16)
+    assert ctypes.sizeof(desc) == 24  # the union is as large as its largest member, FILE_ID_128
+    assert win.FILE_RENAME_INFO.FileNameLength.size == 4 and win.FILE_ID_DESCRIPTOR.Type.size == 4
+
+
+def test_win_open_directory(tmp_path: Path, win: pio.Win32Files) -> None:
+    k = _k(win)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    fd = win.open_directory(str(tmp_path / "d"))
+    try:
+        assert stat.S_ISDIR(os.fstat(fd).st_mode) and os.listdir(fd) == ["x"]
+        (_, args) = [c for c in k.calls if c[0] == "CreateFileW"][-1]
+        path, access, share, sa, disposition, flags, template = args
+        assert path == str(tmp_path / "d") and sa is None and template is None
+        assert access == pio.FILE_READ_ATTRIBUTES | pio.FILE_LIST_DIRECTORY | pio.FILE_TRAVERSE | (
+            pio.SYNCHRONIZE | pio.READ_CONTROL
+        )
+        assert share == pio.FILE_SHARE_READ | pio.FILE_SHARE_WRITE | pio.FILE_SHARE_DELETE
+        assert disposition == pio.OPEN_EXISTING
+        assert flags == pio.FILE_FLAG_BACKUP_SEMANTICS | pio.FILE_FLAG_OPEN_REPARSE_POINT
+        assert _win_msvcrt_flags(win)[-1] == 0
+    finally:
+        os.close(fd)
+    before = set(k.handles)
+    with pytest.raises(NotADirectoryError):
+        win.open_directory(str(tmp_path / "d" / "x"))
+    os.symlink("d", tmp_path / "link")
+    with pytest.raises(OSError) as info:
+        win.open_directory(str(tmp_path / "link"))  # a symlink to a directory: not followed
+    assert info.value.errno == errno.ELOOP
+    assert set(k.handles) == before  # both handles were closed
+    with pytest.raises(FileNotFoundError):
+        win.open_directory(str(tmp_path / "missing"))
+    # the fake keeps Windows' rule: no directory without backup semantics
+    with pytest.raises(PermissionError):
+        win.open(str(tmp_path / "d"), os.O_RDWR)
+
+
+def test_win_directory_fd_follows_its_directory(tmp_path: Path, win: pio.Win32Files) -> None:
+    """What hostfs builds on: a held directory's current path after a rename,
+    and the directory reopened by its file id."""
+    (tmp_path / "a").mkdir()
+    fd = win.open_directory(str(tmp_path / "a"))
+    try:
+        assert win.final_path(fd) == str(tmp_path / "a")
+        win.rename(str(tmp_path / "a"), str(tmp_path / "b"), False)
+        assert win.final_path(fd) == str(tmp_path / "b")
+        (tmp_path / "b" / "child").write_text("c")
+        assert os.path.exists(os.path.join(win.final_path(fd), "child"))
+        again = win.open_by_id(fd, os.stat(tmp_path / "b").st_ino, True)
+        try:
+            assert os.path.samestat(os.fstat(again), os.fstat(fd))
+            assert win.final_path(again) == str(tmp_path / "b")
+        finally:
+            os.close(again)
+    finally:
+        os.close(fd)
+
+
+def test_win_final_path_grows_its_buffer_and_keeps_the_prefix(tmp_path: Path, win: pio.Win32Files) -> None:
+    k = _k(win)
+    fd = win.open_directory(str(tmp_path))
+    try:
+        handle = k.by_fd[fd]
+        unc = "\\\\?\\UNC\\server\\share\\" + "\\".join(["deep"] * 200)  # longer than the first buffer
+        k.final_names[handle] = unc
+        k.calls.clear()
+        assert win.final_path(fd) == unc  # as Windows gives it: no prefix stripped
+        sizes = [args[2] for name, args in k.calls if name == "GetFinalPathNameByHandleW"]
+        assert sizes == [512, len(unc) + 1]  # then exactly the size asked, NUL included
+        k.final_names[handle] = "\\\\?\\C:\\data"
+        assert win.final_path(fd) == "\\\\?\\C:\\data"
+        k.fail["GetFinalPathNameByHandleW"] = pio.ERROR_ACCESS_DENIED  # 0 is failure
+        with pytest.raises(PermissionError):
+            win.final_path(fd)
+    finally:
+        os.close(fd)
+
+
+def test_win_open_by_id(tmp_path: Path, win: pio.Win32Files) -> None:
+    k = _k(win)
+    k.volume = str(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_bytes(b"data")
+    os.symlink("f", tmp_path / "link")
+    hint = win.open_directory(str(tmp_path))
+    try:
+        d_id, f_id = os.stat(tmp_path / "d").st_ino, os.stat(tmp_path / "f").st_ino
+        fd = win.open_by_id(hint, d_id, True)
+        os.close(fd)
+        (_, args) = [c for c in k.calls if c[0] == "OpenFileById"][-1]
+        volume_hint, desc, access, share, sa, flags = args
+        assert volume_hint == k.by_fd[hint] and sa is None
+        d = desc._obj  # type: ignore[attr-defined]
+        assert (d.dwSize, d.Type, d.FileId) == (24, pio.FILE_ID_TYPE_FILE_ID, d_id)
+        assert access == pio._DIRECTORY_ACCESS
+        assert share == pio.FILE_SHARE_READ | pio.FILE_SHARE_WRITE | pio.FILE_SHARE_DELETE
+        assert flags == pio.FILE_FLAG_BACKUP_SEMANTICS | pio.FILE_FLAG_OPEN_REPARSE_POINT
+        fd = win.open_by_id(hint, f_id, False)
+        try:
+            assert win.pread(fd, 4, 0) == b"data"
+        finally:
+            os.close(fd)
+        assert [c for c in k.calls if c[0] == "OpenFileById"][-1][1][2] == (
+            pio.GENERIC_READ | pio.FILE_READ_ATTRIBUTES
+        )
+        before = set(k.handles)
+        with pytest.raises(NotADirectoryError):
+            win.open_by_id(hint, f_id, True)
+        with pytest.raises(IsADirectoryError):
+            win.open_by_id(hint, d_id, False)
+        with pytest.raises(OSError) as info:
+            win.open_by_id(hint, os.lstat(tmp_path / "link").st_ino, False)
+        assert info.value.errno == errno.ELOOP
+        assert set(k.handles) == before  # every refused handle was closed
+        (tmp_path / "d").rmdir()
+        with pytest.raises(FileNotFoundError) as gone:  # NTFS: ERROR_INVALID_PARAMETER for a deleted id
+            win.open_by_id(hint, d_id, True)
+        assert gone.value.errno == errno.ENOENT and getattr(gone.value, "winerror", None) is None
+        k.fail["OpenFileById"] = pio.ERROR_ACCESS_DENIED  # e.g. pending deletion
+        with pytest.raises(PermissionError):
+            win.open_by_id(hint, f_id, False)
+    finally:
+        os.close(hint)
+
+
+def test_win_open_by_id_passes_every_id_bit(tmp_path: Path, win: pio.Win32Files) -> None:
+    """NTFS ids with the top bit set go as the same 64 bits; ids beyond 64
+    bits (ReFS, Python 3.12's st_ino) as a little-endian FILE_ID_128."""
+    k = _k(win)
+    hint = win.open_directory(str(tmp_path))
+    try:
+        for file_id in ((1 << 63) | 0x1234, (1 << 64) - 1, (0xAB << 120) | (1 << 64) | 5):
+            with pytest.raises(FileNotFoundError):
+                win.open_by_id(hint, file_id, True)
+            raw = bytes([c for c in k.calls if c[0] == "OpenFileById"][-1][1][1]._obj)  # type: ignore[attr-defined]
+            kind = struct.unpack_from("<i", raw, 4)[0]
+            if file_id < 1 << 64:
+                assert kind == pio.FILE_ID_TYPE_FILE_ID and struct.unpack_from("<Q", raw, 8)[0] == file_id
+            else:
+                assert kind == pio.FILE_ID_TYPE_EXTENDED and int.from_bytes(raw[8:24], "little") == file_id
+        for bad in (-1, 1 << 128):
+            with pytest.raises(OSError) as info:
+                win.open_by_id(hint, bad, True)
+            assert info.value.errno == errno.EINVAL
+    finally:
+        os.close(hint)
+
+
+def _rename_calls(k: FakeKernel32) -> list[tuple[int, bytes]]:
+    """(class, FILE_RENAME_INFO bytes) of each rename SetFileInformationByHandle,
+    as they were at the call (the buffer is reused for the fallback)."""
+    return k.renames
+
+
+def test_win_rename(tmp_path: Path, win: pio.Win32Files) -> None:
+    k = _k(win)
+    old, new = tmp_path / "old", tmp_path / "new é😀"
+    old.write_text("1")
+    before = set(k.handles)
+    win.rename(str(old), str(new), False)
+    assert new.read_text() == "1" and not old.exists()
+    (_, args) = [c for c in k.calls if c[0] == "CreateFileW"][-1]
+    assert args[1] == pio.DELETE | pio.SYNCHRONIZE and args[4] == pio.OPEN_EXISTING
+    assert args[5] == pio.FILE_FLAG_BACKUP_SEMANTICS | pio.FILE_FLAG_OPEN_REPARSE_POINT
+    [(cls, raw)] = _rename_calls(k)
+    name = str(new).encode("utf-16-le")  # the emoji is a surrogate pair: 4 bytes
+    assert cls == pio.FILE_RENAME_INFO_EX_CLASS
+    assert struct.unpack_from("<IQI", raw, 0)[0] == pio.FILE_RENAME_FLAG_POSIX_SEMANTICS
+    assert struct.unpack_from("<I", raw, 16)[0] == len(name) and raw[20 : 20 + len(name)] == name
+    assert len(raw) == 20 + len(name) + 2
+    old.write_text("2")
+    with pytest.raises(FileExistsError) as info:
+        win.rename(str(old), str(new), False)
+    assert info.value.winerror == pio.ERROR_ALREADY_EXISTS  # type: ignore[attr-defined]
+    assert (info.value.filename, info.value.filename2) == (str(old), str(new))
+    assert new.read_text() == "1" and old.read_text() == "2"
+    k.renames.clear()
+    win.rename(str(old), str(new), True)
+    assert new.read_text() == "2" and not old.exists()
+    assert struct.unpack_from("<I", _rename_calls(k)[0][1], 0)[0] == (
+        pio.FILE_RENAME_FLAG_POSIX_SEMANTICS | pio.FILE_RENAME_FLAG_REPLACE_IF_EXISTS
+    )
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inside").write_text("i")
+    win.rename(str(tmp_path / "dir"), str(tmp_path / "moved"), False)
+    assert (tmp_path / "moved" / "inside").read_text() == "i"
+    os.symlink("new é😀", tmp_path / "link")
+    win.rename(str(tmp_path / "link"), str(tmp_path / "link2"), False)  # the link itself, not its target
+    assert os.readlink(tmp_path / "link2") == "new é😀" and new.read_text() == "2"
+    with pytest.raises(FileNotFoundError):
+        win.rename(str(tmp_path / "missing"), str(tmp_path / "x"), False)
+    k.calls.clear()
+    with pytest.raises(OSError) as info:
+        win.rename(str(new), "relative", False)
+    assert info.value.errno == errno.EINVAL and not k.calls  # refused before anything is opened
+    assert set(k.handles) == before  # every handle was closed, failures included
+
+
+@pytest.mark.parametrize(
+    "refusal", [pio.ERROR_INVALID_PARAMETER, pio.ERROR_NOT_SUPPORTED, pio.ERROR_INVALID_FUNCTION]
+)
+def test_win_rename_falls_back_to_file_rename_info(tmp_path: Path, win: pio.Win32Files, refusal: int) -> None:
+    """Where FileRenameInfoEx is unknown, FileRenameInfo with a BOOLEAN
+    ReplaceIfExists in the same buffer, once."""
+    k = _k(win)
+    k.fail["renameex"] = refusal
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.write_text("1")
+    new.write_text("0")
+    with pytest.raises(FileExistsError):
+        win.rename(str(old), str(new), False)
+    assert [cls for cls, _ in _rename_calls(k)] == [22, 3]
+    assert _rename_calls(k)[-1][1][:4] == b"\0\0\0\0"  # ReplaceIfExists FALSE, no Flags left
+    k.renames.clear()
+    win.rename(str(old), str(new), True)
+    assert new.read_text() == "1"
+    [(_, ex), (_, plain)] = _rename_calls(k)
+    assert ex[:4] == b"\3\0\0\0" and plain[:4] == b"\1\0\0\0" and ex[4:] == plain[4:]
+
+
+def test_win_rename_does_not_retry_other_errors(tmp_path: Path, win: pio.Win32Files) -> None:
+    k = _k(win)
+    k.fail["renameex"] = pio.ERROR_ACCESS_DENIED
+    (tmp_path / "old").write_text("1")
+    with pytest.raises(PermissionError):
+        win.rename(str(tmp_path / "old"), str(tmp_path / "new"), False)
+    assert [cls for cls, _ in _rename_calls(k)] == [22]
+
+
+def _sid(*sub: int, authority: int = 5) -> bytes:
+    return struct.pack("<BB", 1, len(sub)) + authority.to_bytes(6, "big") + struct.pack(f"<{len(sub)}I", *sub)
+
+
+def _descriptor(aces: int) -> bytes:
+    """A self-relative descriptor: owner, group, a DACL of ``aces`` ACEs."""
+    owner, group = _sid(32, 544), _sid(18)
+    ace_sid = _sid(21, 1, 2, 3, 1001)
+    # ACCESS_ALLOWED_ACE (type 0) granting FILE_ALL_ACCESS
+    ace = struct.pack("<BBHI", 0, 0, 8 + len(ace_sid), 0x1F01FF) + ace_sid
+    acl = struct.pack("<BBHHH", 2, 0, 8 + aces * len(ace), aces, 0) + ace * aces
+    control = pio.SE_SELF_RELATIVE | pio.SE_DACL_PRESENT
+    o_owner = 20
+    o_group = o_owner + len(owner)
+    o_dacl = o_group + len(group)
+    return struct.pack("<BBHIIII", 1, 0, control, o_owner, o_group, 0, o_dacl) + owner + group + acl
+
+
+def test_win_security_descriptors(tmp_path: Path, win: pio.Win32Files) -> None:
+    a = _a(win)
+    path = str(tmp_path / "f")
+    Path(path).write_text("x")
+    info = pio.OWNER_SECURITY_INFORMATION | pio.GROUP_SECURITY_INFORMATION | pio.DACL_SECURITY_INFORMATION
+    assert win.get_security(path, info) == FakeAdvapi32.EMPTY_SD
+    big = _descriptor(40)  # larger than the first buffer
+    assert len(big) > 512
+    win.set_security(path, info, big)
+    a.calls.clear()
+    assert win.get_security(path, info) == big
+    sizes = [args[3] for name, args in a.calls if name == "GetFileSecurityW"]
+    assert sizes == [512, len(big)]  # ERROR_INSUFFICIENT_BUFFER, then the length it reported
+    assert all(args[0] == path and args[1] == info for _, args in a.calls)
+    with pytest.raises(PermissionError):  # the SACL without SeSecurityPrivilege
+        win.get_security(path, info | pio.SACL_SECURITY_INFORMATION)
+    with pytest.raises(FileNotFoundError):
+        win.get_security(str(tmp_path / "missing"), info)
+    with pytest.raises(FileNotFoundError):
+        win.set_security(str(tmp_path / "missing"), info, big)
+
+
+def test_win_set_security_refuses_what_windows_would_read_past(tmp_path: Path, win: pio.Win32Files) -> None:
+    """SetFileSecurityW reads the descriptor through a bare pointer: anything
+    not self-relative, or with a part beyond the bytes given, never reaches it."""
+    a = _a(win)
+    path = str(tmp_path / "f")
+    Path(path).write_text("x")
+    good = _descriptor(2)
+    pio.check_self_relative_sd(good)
+    pio.check_self_relative_sd(FakeAdvapi32.EMPTY_SD)
+    header = struct.Struct("<BBHIIII")
+    _r, _s, control, o_owner, o_group, _o_sacl, o_dacl = header.unpack_from(good)
+    bad = {
+        "short": good[:19],
+        "revision": bytes([2]) + good[1:],
+        "absolute": header.pack(1, 0, control & ~pio.SE_SELF_RELATIVE, o_owner, o_group, 0, o_dacl)
+        + good[20:],
+        "owner past the end": header.pack(1, 0, control, len(good) - 4, o_group, 0, o_dacl) + good[20:],
+        "SID longer than the bytes": good[: o_group + 8],  # the group's subauthorities cut off
+        "DACL past the end": good[:-1],
+        "DACL offset past the end": header.pack(1, 0, control, o_owner, o_group, 0, len(good)) + good[20:],
+    }
+    for why, sd in bad.items():
+        with pytest.raises(OSError) as info:
+            win.set_security(path, pio.DACL_SECURITY_INFORMATION, sd)
+        assert info.value.errno == errno.EINVAL, why
+    assert not [c for c in a.calls if c[0] == "SetFileSecurityW"]
+    # a DACL offset with SE_DACL_PRESENT clear is not read, so not checked
+    pio.check_self_relative_sd(header.pack(1, 0, pio.SE_SELF_RELATIVE, 0, 0, 0, 999))
+
+
+def test_win_security_needs_advapi32(tmp_path: Path) -> None:
+    k = FakeKernel32()
+    win = pio.Win32Files(k, FakeMsvcrt(k), lambda: k.last_error)
+    for call in (lambda: win.get_security(str(tmp_path), 7), lambda: win.set_security(str(tmp_path), 7, b"")):
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.errno == errno.ENOTSUP
+
+
+def test_win_set_hidden_system(tmp_path: Path, win: pio.Win32Files) -> None:
+    k = _k(win)
+    area = tmp_path / ".vspfs-retained"
+    area.mkdir()
+    win.set_hidden_system(str(area))
+    sets = [args for name, args in k.calls if name == "SetFileAttributesW"]
+    assert sets == [
+        (str(area), pio.FILE_ATTRIBUTE_DIRECTORY | pio.FILE_ATTRIBUTE_HIDDEN | pio.FILE_ATTRIBUTE_SYSTEM)
+    ]
+    assert k.do_GetFileAttributesW(str(area)) & (pio.FILE_ATTRIBUTE_HIDDEN | pio.FILE_ATTRIBUTE_SYSTEM) == 6
+    k.calls.clear()
+    win.set_hidden_system(str(area))  # already both: nothing written
+    assert [name for name, _ in k.calls] == ["GetFileAttributesW"]
+    plain = tmp_path / "plain"
+    plain.write_text("p")
+    win.set_hidden_system(str(plain))  # FILE_ATTRIBUTE_NORMAL is valid only alone: dropped
+    assert [args for name, args in k.calls if name == "SetFileAttributesW"][-1][1] == 6
+    with pytest.raises(FileNotFoundError):
+        win.set_hidden_system(str(tmp_path / "missing"))
 
 
 # ------------------------------------------- the cache file over Windows
