@@ -36,9 +36,18 @@ settings.register_profile("dev", max_examples=20, deadline=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Use the small "dev" profile unless --hypothesis-profile chose one."""
+    """Use the small "dev" profile unless --hypothesis-profile chose one.
+
+    ``VSPFS_HOSTFS=paths`` runs the engine over the by-path host filesystem
+    binding, the one Windows uses (no dir_fd, no /proc/self/fd, directories
+    reached through their current path), with Linux's answers to its
+    primitives: ``.ci/run`` runs the engine tiers a second time that way."""
     if not config.getoption("hypothesis_profile", default=None):
         settings.load_profile("dev")
+    if os.environ.get("VSPFS_HOSTFS") == "paths":
+        from vspfs import hostfs
+
+        hostfs.use(hostfs.linux_path_calls())
 
 
 def fuse_unavailable_reason() -> str | None:

@@ -44,6 +44,10 @@ XATTR_REPLACE = 2
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
+#: the engine runs over the by-path host filesystem binding (Windows'; see
+#: tests/conftest.py), which has no RENAME_EXCHANGE and no fallocate
+PATHS_BINDING = os.environ.get("VSPFS_HOSTFS") == "paths"
+
 #: the xattr namespace the tests set and compare (others, e.g. security.*,
 #: may be added by the system and are not the model's business)
 XATTR_PREFIX = "user."

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from vspfs import hostfs
 from vspfs import snapshot as snapshot_module
 
 CHUNK = 16
@@ -41,7 +42,7 @@ def rig(tmp_path: Path) -> Iterator[tuple[object, object]]:
 
 
 class WriteDuringPread:
-    """Stands in for ``os`` in vspfs.snapshot: the first pread first lets a
+    """Stands in for ``hostfs`` in vspfs.snapshot: the first pread first lets a
     live write through (which preserves, publishes, then writes the live
     file), then reads, so it returns post-snapshot bytes."""
 
@@ -50,13 +51,13 @@ class WriteDuringPread:
         self.fired = False
 
     def __getattr__(self, name: str) -> object:
-        return getattr(os, name)
+        return getattr(hostfs, name)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         if not self.fired:
             self.fired = True
             self._write()
-        return os.pread(fd, size, offset)
+        return hostfs.pread(fd, size, offset)
 
 
 def _write(vol, offset: int, length: int) -> Callable[[], None]:  # type: ignore[no-untyped-def]
@@ -92,7 +93,7 @@ def test_live_write_during_a_snapshot_read(
     if already is not None:
         _write(vol, *already)()  # some chunks come from the cache file from the start
     fake = WriteDuringPread(_write(vol, *during))
-    monkeypatch.setattr(snapshot_module, "os", fake)
+    monkeypatch.setattr(snapshot_module, "hostfs", fake)
     fh = snap.open("f")
     try:
         got = snap.read(fh, size, offset)

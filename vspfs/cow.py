@@ -10,10 +10,10 @@ it since it was created, so the live bytes are its bytes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from vspfs import hostfs
 from vspfs.attrs import Attr
 from vspfs.cacheformat import Buffer
 
@@ -79,7 +79,7 @@ def preserve_chunks(snaps: list[Snapshot], ino: int, fd: int, start: int, end: i
         return
     for run in _runs(sorted(wanted), RUN_CHUNKS):
         base = run[0] * chunk_size
-        data = memoryview(os.pread(fd, len(run) * chunk_size, base))
+        data = memoryview(hostfs.pread(fd, len(run) * chunk_size, base))
         for s, size, missing in need:
             if not s.wants(ino):  # became invalid meanwhile
                 continue
@@ -116,7 +116,7 @@ def _one_run(s: Snapshot, ino: int, fd: int, start: int, end: int, chunk_size: i
             return False
     base = first * chunk_size
     top = stop * chunk_size if stop * chunk_size < size else size  # whole chunks, up to the snapshot's end
-    data = memoryview(os.pread(fd, top - base, base))
+    data = memoryview(hostfs.pread(fd, top - base, base))
     if len(data) < top - base:  # the live file is shorter than the snapshot's
         data = memoryview(bytes(data) + bytes(top - base - len(data)))
     s.add_chunks(

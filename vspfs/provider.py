@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import secrets
 import threading
 import time
@@ -29,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from vspfs import hostfs
+from vspfs import portable_io as pio
 from vspfs.cachefile import (
     DEFAULT_INITIAL_SIZE,
     CacheFile,
@@ -141,7 +142,7 @@ class Provider:
     def _check_no_cache_file(self, vol: Volume) -> None:
         """Rule 2: a volume holding a VSP cache file cannot be snapshotted."""
         for s in self._snapshots.values():
-            if _inside(_real_cache_dir(s), vol.backing) or s.cache.path.startswith(vol.root_path + "/"):
+            if _inside(_real_cache_dir(s), vol.backing) or s.cache.path.startswith(vol.root_path + os.sep):
                 raise RuleViolation(
                     f"volume {vol.backing} holds the cache file of snapshot {s.id}: destroy that "
                     "snapshot first, or keep cache files off this volume with --cache-volume"
@@ -206,10 +207,9 @@ class Provider:
 
         def free(path: str) -> int:
             try:
-                st = os.statvfs(self._cache_dir_path(path))
+                return pio.disk_usage(self._cache_dir_path(path)).available
             except (OSError, RuleViolation):
                 return -1
-            return st.f_bavail * st.f_frsize
 
         best = max(eligible, key=free)
         return best, self._cache_dir_path(best)
@@ -304,7 +304,7 @@ class Provider:
         max_size: int | str | None,
         policy: str,
     ) -> Snapshot:
-        st = os.statvfs(vol.root_fd)
+        st = hostfs.statvfs(vol.root_fd)
         volume_size = st.f_blocks * st.f_frsize
         initial = _size(initial_size, volume_size, DEFAULT_INITIAL_SIZE)
         maximum = _size(max_size, volume_size, None)
@@ -417,7 +417,7 @@ def cleanup_directory(display: str, where: str, report: CleanupReport) -> None:
         except OSError as exc:
             report.kept.append({"path": shown, "reason": f"not removed: {exc.strerror or exc}"})
     try:
-        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = hostfs.open_dir(where)
     except OSError:
         return
     try:
@@ -448,7 +448,12 @@ def _size(value: int | str | None, volume_size: int, default: int | None) -> int
 
 def _raise_fd_limit() -> None:
     """Moved snapshot-time directories are followed by an open fd each, and
-    every mount and open file costs more: use the hard limit, not the soft one."""
+    every mount and open file costs more: use the hard limit, not the soft one.
+    (Windows has no such limit to raise; the CRT allows 8192 fds.)"""
+    try:
+        import resource
+    except ImportError:
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

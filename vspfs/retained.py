@@ -13,10 +13,16 @@ Each entry records the snapshots that needed it (its *owners*); it is removed
 when the last owner is destroyed. The live view hides the area and reports
 link counts as if the retained links did not exist (``extra_links``).
 
-The area is locked (``winplatform.try_lock_exclusive``: flock on POSIX)
-while a volume is served: an area nobody holds was left by a daemon that
-died, and ``remove_stale_area`` may delete it. (On Windows a directory
-cannot carry a LockFile lock; docs/windows.md says what the area needs there.)
+The area is locked (``winplatform.try_lock_exclusive``) while a volume is
+served: an area nobody holds was left by a daemon that died, and
+``remove_stale_area`` may delete it. On POSIX the lock is a flock on the
+area's directory fd; where directories cannot be locked (Windows: LockFileEx
+needs a file) it is held on the file ``.lock`` inside the area.
+
+Where a held directory handle would stop the live volume from renaming that
+directory's parents (Windows, ``hostfs.HOLDS_DIRECTORY_HANDLES`` False), a
+moved directory is not held open: it is reopened by its file id when a
+snapshot needs it (``hostfs.open_by_id``).
 
 Lock: ``_lock`` guards the tables; it is taken after the volume's namespace
 lock and never while waiting for anything else. An fd handed out by
@@ -35,20 +41,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from vspfs import winplatform
+from vspfs import hostfs, winplatform
 from vspfs.cacheformat import RETAINED_DIR_NAME
 from vspfs.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: the lock file of an area, where the area's directory cannot be locked itself
+LOCK_NAME = ".lock"
 
 
 @dataclass
 class _Entry:
     is_dir: bool
     owners: set[str] = field(default_factory=set)
-    dir_fd: int = -1  # directories: an fd that follows the directory
+    dir_fd: int = -1  # directories: an fd that follows the directory (or -1: by file id)
     in_area: bool = False  # a link (or a removed directory) lives in the area
     bytes: int = 0
 
@@ -61,16 +68,18 @@ class RetainedArea:
         remove_stale_area(root_fd, volume_name)
         with _root_times_kept(root_fd):
             try:
-                os.mkdir(RETAINED_DIR_NAME, 0o700, dir_fd=root_fd)
+                hostfs.mkdir_at(root_fd, RETAINED_DIR_NAME, 0o700)
             except FileExistsError:
                 pass
-        self.fd = os.open(RETAINED_DIR_NAME, _DIR_FLAGS, dir_fd=root_fd)
-        if not winplatform.try_lock_exclusive(self.fd):
+        self.fd = hostfs.open_dir_at(root_fd, RETAINED_DIR_NAME)
+        lock_fd = _try_lock_area(self.fd)
+        if lock_fd is None:
             os.close(self.fd)
             raise UsageError(
                 f"volume {volume_name} is already served by another vspfs daemon: "
                 "stop that daemon or serve another directory"
             ) from None
+        self._lock_fd = lock_fd
 
     # -- queries ---------------------------------------------------------------
 
@@ -92,8 +101,10 @@ class RetainedArea:
                 return None
             if entry.is_dir and entry.dir_fd >= 0:
                 return os.dup(entry.dir_fd), None
+            if entry.is_dir and entry.in_area:
+                return hostfs.open_dir_at(self.fd, str(ino)), None
             if entry.is_dir:
-                return os.open(str(ino), _DIR_FLAGS, dir_fd=self.fd), None
+                return _open_by_id(self.fd, ino), None
             return os.dup(self.fd), str(ino)
 
     def pinned_bytes(self, owner: str | None = None) -> int:
@@ -110,23 +121,51 @@ class RetainedArea:
             if entry is not None:
                 entry.owners |= owners
                 return
-        os.link(name, str(ino), src_dir_fd=dir_fd, dst_dir_fd=self.fd, follow_symlinks=False)
+        hostfs.link_at(dir_fd, name, self.fd, str(ino))
         with self._lock:
             self._entries[ino] = _Entry(is_dir=False, owners=set(owners), in_area=True, bytes=size)
 
     def keep_dir(self, ino: int, dir_fd: int, name: str, owners: set[str]) -> None:
-        """Hold an fd on a directory before it is moved or replaced."""
+        """Hold an fd on a directory before it is moved or replaced (or,
+        where handles are not held, remember it by file id)."""
         with self._lock:
             entry = self._entries.get(ino)
             if entry is not None:
                 entry.owners |= owners
                 return
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        if os.fstat(fd).st_ino != ino:
-            os.close(fd)
+        fd = -1
+        if hostfs.open_by_id is None:
+            fd = hostfs.open_dir_at(dir_fd, name)
+            found = hostfs.fstat(fd).st_ino
+        else:
+            found = hostfs.lstat_at(dir_fd, name).st_ino
+        if found != ino:
+            if fd >= 0:
+                os.close(fd)
             raise OSError(errno.EIO, "directory changed while it was being retained", name)
         with self._lock:
             self._entries[ino] = _Entry(is_dir=True, owners=set(owners), dir_fd=fd)
+
+    def park_file(self, ino: int, dir_fd: int, name: str, owners: set[str], size: int) -> bool:
+        """Move a non-directory that is being unlinked into the area: one
+        rename instead of a link and an unlink (atomic, and it needs no hard
+        links, which not every Windows file system has). False when the
+        inode is already retained: the caller unlinks the name itself."""
+        with self._lock:
+            entry = self._entries.get(ino)
+            if entry is not None:
+                entry.owners |= owners
+                return False
+            # registered before the rename: a reader looks here only after
+            # missing the name in its directory, i.e. after the rename
+            self._entries[ino] = _Entry(is_dir=False, owners=set(owners), in_area=True, bytes=size)
+        try:
+            hostfs.rename_at(dir_fd, name, self.fd, str(ino), hostfs.RENAME_NOREPLACE)
+        except BaseException:
+            with self._lock:
+                del self._entries[ino]
+            raise
+        return True
 
     def park_dir(self, ino: int, owners: set[str]) -> str:
         """Register an (empty) directory that is about to be parked in the
@@ -166,7 +205,7 @@ class RetainedArea:
                     if entry.is_dir:
                         _remove_tree(self.fd, str(ino))
                     else:
-                        os.unlink(str(ino), dir_fd=self.fd)
+                        hostfs.unlink_at(self.fd, str(ino))
                 except FileNotFoundError:
                     pass
 
@@ -177,11 +216,14 @@ class RetainedArea:
         for entry in entries.values():
             if entry.dir_fd >= 0:
                 os.close(entry.dir_fd)
-        _clear_dir(self.fd)
-        os.close(self.fd)
+        try:
+            _clear_dir(self.fd)
+            _drop_lock(self.fd, self._lock_fd)
+        finally:
+            os.close(self.fd)
         try:
             with _root_times_kept(self._root_fd):
-                os.rmdir(RETAINED_DIR_NAME, dir_fd=self._root_fd)
+                hostfs.rmdir_at(self._root_fd, RETAINED_DIR_NAME)
         except OSError as exc:
             log.warning("could not remove the retained area: %s", exc)
 
@@ -190,43 +232,82 @@ class RetainedArea:
 def _root_times_kept(root_fd: int) -> Iterator[None]:
     """Creating or removing the area must not show as a change of the
     volume root: put its atime and mtime back (ctime cannot be restored)."""
-    st = os.fstat(root_fd)
+    st = hostfs.fstat(root_fd)
     try:
         yield
     finally:
         try:
-            os.utime(root_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            hostfs.futimes(root_fd, st.st_atime_ns, st.st_mtime_ns)
         except OSError as exc:
             log.debug("could not restore the root's times: %s", exc)
 
 
 def _clear_dir(fd: int) -> None:
-    for name in os.listdir(fd):
-        _remove_tree(fd, name)
+    """Remove everything in the directory ``fd`` except an area's lock file."""
+    for name in hostfs.listdir(fd):
+        if name != LOCK_NAME:
+            _remove_tree(fd, name)
 
 
 def _remove_tree(dir_fd: int, name: str) -> None:
     """Remove ``name`` under ``dir_fd`` without ever following a symlink."""
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    st = hostfs.lstat_at(dir_fd, name)
     if not statmod.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
+        hostfs.unlink_at(dir_fd, name)
         return
-    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    fd = hostfs.open_dir_at(dir_fd, name)
     try:
         _clear_dir(fd)
     finally:
         os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
+    hostfs.rmdir_at(dir_fd, name)
+
+
+def _open_by_id(any_fd: int, ino: int) -> int:
+    """A moved directory, reopened by its file id (checked: ids are reused)."""
+    assert hostfs.open_by_id is not None
+    fd = hostfs.open_by_id(any_fd, ino)
+    if hostfs.fstat(fd).st_ino != ino:
+        os.close(fd)
+        raise OSError(errno.ENOENT, "retained directory no longer exists", str(ino))
+    return fd
+
+
+def _try_lock_area(area_fd: int) -> int | None:
+    """Lock an area; returns the fd that holds the lock (the area's own fd,
+    or its lock file's), None if another process holds it."""
+    if hostfs.HOLDS_DIRECTORY_HANDLES:
+        return area_fd if winplatform.try_lock_exclusive(area_fd) else None
+    flags = os.O_RDWR | os.O_CREAT | hostfs.O_NOFOLLOW | hostfs.O_CLOEXEC
+    fd = hostfs.open_at(area_fd, LOCK_NAME, flags, 0o600)
+    if winplatform.try_lock_exclusive(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _drop_lock(area_fd: int, lock_fd: int) -> None:
+    """Before the area is removed: delete its lock file while still holding
+    it (so nobody adopts the area in between), then let go."""
+    if lock_fd == area_fd:
+        return
+    try:
+        hostfs.unlink_at(area_fd, LOCK_NAME)
+    finally:
+        os.close(lock_fd)
 
 
 def area_is_stale(root_fd: int) -> bool | None:
     """True if the volume has a retained area nobody holds, None if it has none."""
     try:
-        fd = os.open(RETAINED_DIR_NAME, _DIR_FLAGS, dir_fd=root_fd)
+        fd = hostfs.open_dir_at(root_fd, RETAINED_DIR_NAME)
     except FileNotFoundError:
         return None
     try:
-        return winplatform.try_lock_exclusive(fd)
+        lock_fd = _try_lock_area(fd)
+        if lock_fd is not None and lock_fd != fd:
+            os.close(lock_fd)
+        return lock_fd is not None
     finally:
         os.close(fd)
 
@@ -238,15 +319,19 @@ def remove_stale_area(root_fd: int, volume_name: str) -> bool:
     same moment cannot adopt a half-deleted area.
     """
     try:
-        fd = os.open(RETAINED_DIR_NAME, _DIR_FLAGS, dir_fd=root_fd)
+        fd = hostfs.open_dir_at(root_fd, RETAINED_DIR_NAME)
     except FileNotFoundError:
         return False
     try:
-        if not winplatform.try_lock_exclusive(fd):
+        lock_fd = _try_lock_area(fd)
+        if lock_fd is None:
             return False
-        _clear_dir(fd)
+        try:
+            _clear_dir(fd)
+        finally:
+            _drop_lock(fd, lock_fd)
         with _root_times_kept(root_fd):
-            os.rmdir(RETAINED_DIR_NAME, dir_fd=root_fd)
+            hostfs.rmdir_at(root_fd, RETAINED_DIR_NAME)
         log.info("removed a stale retained area on %s", volume_name)
         return True
     finally:

@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 from cachetools import LRUCache
 
+from vspfs import hostfs
 from vspfs.attrs import Attr
 from vspfs.cacheformat import Buffer, decode_listing, encode_listing, encode_meta
 from vspfs.chunkindex import PAGE, PAGE_BITS, ChunkIndex
 from vspfs.errors import CacheFull, CacheOverflow, SnapshotInvalid
 from vspfs.fdcache import FdCache
-from vspfs.volume import is_hidden_root_name, open_quietly, read_xattrs
+from vspfs.volume import is_hidden_root_name, read_xattrs, read_xattrs_at
 
 if TYPE_CHECKING:
     from vspfs.cachefile import CacheFile
@@ -52,8 +53,7 @@ POLICY_INVALIDATE = "invalidate"
 POLICY_REFUSE_WRITES = "refuse-writes"
 POLICIES = (POLICY_INVALIDATE, POLICY_REFUSE_WRITES)
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
-_FILE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_FILE = os.O_RDONLY | hostfs.O_CLOEXEC | hostfs.O_NOFOLLOW | hostfs.O_NONBLOCK
 #: an end offset past any file: "from here on, nothing needs preserving"
 _ANYWHERE = 1 << 62
 
@@ -101,7 +101,8 @@ class Snapshot:
         self._new: set[int] = set()
         self._lock = threading.Lock()  # guards the two LRU caches (cachetools is not thread safe)
         self._nodes: LRUCache = LRUCache(maxsize=65536)
-        self._fds = FdCache(256)
+        #: directory fds by inode; none kept where a held handle blocks renames (Windows)
+        self._fds = FdCache(256 if hostfs.HOLDS_DIRECTORY_HANDLES else 0)
         self._files: dict[int, _OpenFile] = {}
         self._next_fh = 1
         self._root = Node(volume.root_ino, statmod.S_IFDIR, None, "")
@@ -238,19 +239,20 @@ class Snapshot:
         if node.parent is None:
             yield self.volume.root_fd
             return
-        with self._fds.use(node.ino, lambda: self._open(node, _DIR)) as fd:
+        with self._fds.use(node.ino, lambda: self._open(node, None)) as fd:
             yield fd
 
-    def _open(self, node: Node, flags: int) -> int:
-        """Open the live object that is ``node`` (verified by inode number)."""
+    def _open(self, node: Node, flags: int | None) -> int:
+        """Open the live object that is ``node`` (verified by inode number);
+        ``flags`` None opens a directory."""
         assert node.parent is not None
         with self._dir_fd(node.parent) as pfd:
             try:
-                fd = open_quietly(node.name, flags, dir_fd=pfd)
+                fd = self._open_at(pfd, node.name, flags)
             except OSError:
                 fd = -1
             if fd >= 0:
-                if os.fstat(fd).st_ino == node.ino:
+                if hostfs.fstat(fd).st_ino == node.ino:
                     return fd
                 os.close(fd)
         loc = self.volume.retained.dup_location(node.ino)
@@ -260,18 +262,24 @@ class Snapshot:
         if name is None:
             return dfd
         try:
-            return open_quietly(name, flags, dir_fd=dfd)
+            return self._open_at(dfd, name, flags)
         finally:
             os.close(dfd)
+
+    @staticmethod
+    def _open_at(dir_fd: int, name: str, flags: int | None) -> int:
+        if flags is None:
+            return hostfs.open_dir_quietly(dir_fd, name)
+        return hostfs.open_quietly(dir_fd, name, flags)
 
     def _at(self, node: Node, op: Callable[[int, str], T]) -> T:
         """Run ``op(dir_fd, name)`` on the live object of a non-directory node."""
         assert node.parent is not None
         with self._dir_fd(node.parent) as pfd:
             try:
-                if os.stat(node.name, dir_fd=pfd, follow_symlinks=False).st_ino == node.ino:
+                if hostfs.lstat_at(pfd, node.name).st_ino == node.ino:
                     result = op(pfd, node.name)
-                    if os.stat(node.name, dir_fd=pfd, follow_symlinks=False).st_ino == node.ino:
+                    if hostfs.lstat_at(pfd, node.name).st_ino == node.ino:
                         return result
             except FileNotFoundError:
                 pass
@@ -293,7 +301,7 @@ class Snapshot:
                 raise _enoent(path)
             with self._dir_fd(parent) as dfd:
                 try:
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    st = hostfs.lstat_at(dfd, name)
                 except FileNotFoundError:
                     st = None
             listing = self._listing(parent.ino)
@@ -326,9 +334,9 @@ class Snapshot:
     def _live_attr(self, node: Node) -> Attr:
         if node.ftype == statmod.S_IFDIR:
             with self._dir_fd(node) as fd:
-                st = os.fstat(fd)
+                st = hostfs.fstat(fd)
         else:
-            st = self._at(node, lambda d, n: os.stat(n, dir_fd=d, follow_symlinks=False))
+            st = self._at(node, hostfs.lstat_at)
         return self.volume.adjust(Attr.from_stat(st))
 
     def _attr(self, node: Node) -> Attr:
@@ -347,7 +355,7 @@ class Snapshot:
                 with self._dir_fd(node) as fd:
                     live = read_xattrs(fd)
             else:
-                live = self._at(node, lambda d, n: read_xattrs(f"/proc/self/fd/{d}/{n}"))
+                live = self._at(node, read_xattrs_at)
             meta = self._meta.get(node.ino)
             if meta is None:
                 return {os.fsdecode(k): v for k, v in live}
@@ -388,7 +396,7 @@ class Snapshot:
         node = self._resolve(path)
         if node.ftype != statmod.S_IFLNK:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), path)
-        target = self._at(node, lambda d, n: os.readlink(n, dir_fd=d))
+        target = self._at(node, hostfs.readlink_at)
         self._check()
         return target
 
@@ -407,8 +415,8 @@ class Snapshot:
         self._check()
         return names
 
-    def statfs(self) -> os.statvfs_result:
-        return os.statvfs(self.volume.root_fd)
+    def statfs(self) -> os.statvfs_result | hostfs.StatVfs:
+        return hostfs.statvfs(self.volume.root_fd)
 
     def open(self, path: str, flags: int = os.O_RDONLY) -> int:
         self._check()
@@ -448,7 +456,7 @@ class Snapshot:
         if self.index.has_file(ino):
             data = self._read_changed(f.fd, ino, offset, end)
         else:
-            data = os.pread(f.fd, end - offset, offset)
+            data = hostfs.pread(f.fd, end - offset, offset)
             if len(data) < end - offset:
                 data += bytes(end - offset - len(data))
             if self.index.has_file(ino):  # the file changed during the read
@@ -492,7 +500,7 @@ class Snapshot:
             while j < len(wheres) and not wheres[j]:
                 j += 1
             hi = min(end, (first + j) * cs)
-            live = os.pread(fd, hi - lo, lo)
+            live = hostfs.pread(fd, hi - lo, lo)
             if len(live) < hi - lo:
                 live += bytes(hi - lo - len(live))
             if any(index.get(ino, c) for c in range(chunk, first + j)):
@@ -593,13 +601,13 @@ class Snapshot:
         new = set(list(self._new))
         targets = (set(meta) | listings) - {self.volume.root_ino}
         located = _locate(self, targets, meta)
-        root_live = os.readlink(f"/proc/self/fd/{self.volume.root_fd}")
+        root_live = hostfs.location(self.volume.root_fd)
 
         def live_dir(node: Node) -> tuple[str | None, list[tuple[str, int, int]]]:
             """(live path, live entries) of a snapshot-time directory; (None, []) if gone."""
             try:
                 with self._dir_fd(node) as fd:
-                    where = _relative(os.readlink(f"/proc/self/fd/{fd}"), root_live)
+                    where = _relative(hostfs.location(fd), root_live)
                     if where is None or where.split("/", 1)[0] == _RETAINED:
                         return None, []
                     return where, self.volume.scan_dir(fd, node.parent is None)
@@ -667,7 +675,7 @@ class Snapshot:
             if node.ino not in path_of:
                 try:
                     with self._dir_fd(node) as fd:
-                        where = _relative(os.readlink(f"/proc/self/fd/{fd}"), root_live)
+                        where = _relative(hostfs.location(fd), root_live)
                 except OSError:
                     where = None
                 if where is not None and where.split("/", 1)[0] == _RETAINED:
@@ -709,7 +717,7 @@ class Snapshot:
         fd = os.dup(self.volume.root_fd)
         try:
             for part in rel.split("/") if rel else []:
-                nxt = open_quietly(part, _DIR, dir_fd=fd)
+                nxt = hostfs.open_dir_quietly(fd, part)
                 os.close(fd)
                 fd = nxt
             yield fd
@@ -724,11 +732,11 @@ class Snapshot:
         try:
             if name:
                 with self._open_live_dir(parent) as pfd:
-                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                    st = hostfs.lstat_at(pfd, name)
                     link = statmod.S_ISLNK(st.st_mode)
-                    live_x = None if link else read_xattrs(f"/proc/self/fd/{pfd}/{name}")
+                    live_x = None if link else read_xattrs_at(pfd, name)
             else:
-                st = os.fstat(self.volume.root_fd)
+                st = hostfs.fstat(self.volume.root_fd)
                 live_x = read_xattrs(self.volume.root_fd)
         except OSError:
             return False

@@ -5,11 +5,10 @@ Without an active snapshot it is a plain pass-through; with one, whatever a
 snapshot still needs is preserved *before* the change reaches the backing
 filesystem (DESIGN.md, "Copy-on-write, file level").
 
-Every backing call is relative to the volume's directory fd (the *at calls):
-root+path strings break at PATH_MAX, libfuse changes the working directory,
-and when the live view is mounted over its own backing directory the path
-leads back into the mount. Extended attributes, which have no *at calls, go
-through ``/proc/self/fd/<dirfd>/<name>``.
+Every backing call is relative to the volume's directory fd (the *at calls,
+made through ``vspfs.hostfs``): root+path strings break at PATH_MAX, libfuse
+changes the working directory, and when the live view is mounted over its
+own backing directory the path leads back into the mount.
 
 Concurrency: see ``vspfs.gate`` for the lock order. ``self._snaps`` is
 replaced, never mutated, and only while the gate is held exclusively, so a
@@ -25,33 +24,32 @@ import os
 import stat as statmod
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vspfs import cow
+from vspfs import cow, hostfs
 from vspfs.attrs import Attr
 from vspfs.cacheformat import DEFAULT_CHUNK_SIZE, RETAINED_DIR_NAME, is_cache_file_name
 from vspfs.errors import ProtectedName
 from vspfs.gate import Gate, StripedLocks
-from vspfs.retained import RetainedArea
-from vspfs.syscalls import (
-    FALLOC_FL_COLLAPSE_RANGE,
-    FALLOC_FL_INSERT_RANGE,
-    FALLOC_FL_PUNCH_HOLE,
-    FALLOC_FL_ZERO_RANGE,
+from vspfs.hostfs import (
     FUSE_SUPER_MAGIC,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     RENAME_WHITEOUT,
     UTIME_NOW,
     UTIME_OMIT,
-    fallocate,
-    fs_magic,
-    renameat2,
-    utimensat,
+    open_quietly,
 )
+from vspfs.retained import RetainedArea
+
+#: fallocate(2) modes (linux/falloc.h) that move or drop existing bytes
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_COLLAPSE_RANGE = 0x08
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_FL_INSERT_RANGE = 0x20
 
 if TYPE_CHECKING:
     from vspfs.snapshot import Snapshot
@@ -71,10 +69,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
 #: paths from the root at least this long are resolved in pieces (PATH_MAX is 4096)
 _LONG_PATH = 3072
-_IS_ROOT = os.geteuid() == 0
+_IS_ROOT = getattr(os, "geteuid", lambda: -1)() == 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +97,7 @@ class OpenFile:
     ino: int
     path: str
     writable: bool
+    readable: bool
     append: bool
     read_fd: int = -1  # lazily opened read-only twin, for preservation
     #: (snapshot generation, lo, hi): bytes [lo, hi) of this file need nothing
@@ -128,7 +127,7 @@ def _split(path: str) -> tuple[str, str]:
 #: open flags an application's open must not pass on to the backing file:
 #: creation and truncation are done (and preserved for) by vspfs itself, and
 #: O_DIRECT is handled by the kernel's FUSE client (see _backing_open_flags)
-_NOT_FOR_BACKING = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+_NOT_FOR_BACKING = os.O_CREAT | os.O_EXCL | os.O_TRUNC | hostfs.O_NOCTTY | hostfs.O_DIRECT
 
 
 def _backing_open_flags(flags: int) -> int:
@@ -145,34 +144,33 @@ def _backing_open_flags(flags: int) -> int:
     may end anywhere. Durability is what fsync/O_DSYNC ask for, and those
     pass through.
     """
-    return (flags & ~_NOT_FOR_BACKING) | os.O_CLOEXEC | os.O_NOFOLLOW
+    return (flags & ~_NOT_FOR_BACKING) | hostfs.O_CLOEXEC | hostfs.O_NOFOLLOW
 
 
-def open_quietly(path: str, flags: int, *, dir_fd: int | None = None) -> int:
-    """Open for vspfs's own reading (preservation, snapshot reads) without
-    moving the live object's atime: the live view must look as if only the
-    application had been there. O_NOATIME needs ownership or CAP_FOWNER;
-    without them the read is made anyway."""
+def read_xattrs(fd: int) -> list[tuple[bytes, bytes]]:
+    """All extended attributes of an fd. Filesystems without xattr support
+    give an empty list."""
+    return _read_xattrs(lambda: hostfs.listxattr(fd), lambda attr: hostfs.getxattr(fd, attr))
+
+
+def read_xattrs_at(dir_fd: int, name: str) -> list[tuple[bytes, bytes]]:
+    """``read_xattrs`` of ``name`` in ``dir_fd``, not following a final symlink."""
+    return _read_xattrs(
+        lambda: hostfs.listxattr_at(dir_fd, name), lambda attr: hostfs.getxattr_at(dir_fd, name, attr)
+    )
+
+
+def _read_xattrs(names: Callable[[], list[str]], value: Callable[[str], bytes]) -> list[tuple[bytes, bytes]]:
     try:
-        return os.open(path, flags | os.O_NOATIME, dir_fd=dir_fd)
-    except PermissionError:
-        return os.open(path, flags, dir_fd=dir_fd)
-
-
-def read_xattrs(target: int | str) -> list[tuple[bytes, bytes]]:
-    """All extended attributes of an fd, or of a path without following a
-    final symlink. Filesystems without xattr support give an empty list."""
-    follow = not isinstance(target, str)
-    try:
-        names = os.listxattr(target, follow_symlinks=follow)
+        listed = names()
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
             return []
         raise
     out = []
-    for name in names:
+    for attr in listed:
         try:
-            out.append((os.fsencode(name), os.getxattr(target, name, follow_symlinks=follow)))
+            out.append((os.fsencode(attr), value(attr)))
         except OSError as exc:
             if exc.errno != errno.ENODATA:
                 raise
@@ -182,59 +180,48 @@ def read_xattrs(target: int | str) -> list[tuple[bytes, bytes]]:
 def scan_dir(fd: int, at_root: bool, *, stat_inodes: bool = False) -> list[tuple[str, int, int]]:
     """(name, ino, S_IFMT type) of every entry of an open directory.
 
-    Reads through a fresh open of the directory: a shared fd (and its dups)
-    has one read position, so two threads listing through it would each see
-    part of the directory. With ``stat_inodes`` the inode number comes from
-    lstat, not from readdir's d_ino (see Volume.exact_dirent_inodes); an
-    entry that vanishes in between is left out, as if listed a moment later."""
+    With ``stat_inodes`` the inode number comes from lstat, not from
+    readdir's d_ino (see Volume.exact_dirent_inodes); an entry that vanishes
+    in between is left out, as if listed a moment later. (``lstat_at``, not
+    ``DirEntry.stat``: on Windows the latter leaves st_ino at 0.)"""
     out = []
-    own = open_quietly(".", _DIR, dir_fd=fd)
-    try:
-        with os.scandir(own) as it:
-            for entry in it:
-                if at_root and is_hidden_root_name(entry.name):
+    with hostfs.scandir(fd) as it:
+        for entry in it:
+            if at_root and is_hidden_root_name(entry.name):
+                continue
+            if stat_inodes:
+                try:
+                    st = hostfs.lstat_at(fd, entry.name)
+                except FileNotFoundError:
                     continue
-                if stat_inodes:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    out.append((entry.name, st.st_ino, statmod.S_IFMT(st.st_mode)))
-                    continue
-                if entry.is_symlink():
-                    ftype = statmod.S_IFLNK
-                elif entry.is_dir(follow_symlinks=False):
-                    ftype = statmod.S_IFDIR
-                elif entry.is_file(follow_symlinks=False):
-                    ftype = statmod.S_IFREG
-                else:
-                    ftype = statmod.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
-                out.append((entry.name, entry.inode(), ftype))
-    finally:
-        os.close(own)
+                out.append((entry.name, st.st_ino, statmod.S_IFMT(st.st_mode)))
+                continue
+            if entry.is_symlink():
+                ftype = statmod.S_IFLNK
+            elif entry.is_dir(follow_symlinks=False):
+                ftype = statmod.S_IFDIR
+            elif entry.is_file(follow_symlinks=False):
+                ftype = statmod.S_IFREG
+            else:
+                ftype = statmod.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
+            out.append((entry.name, entry.inode(), ftype))
     return out
 
 
 def _dirent_inodes_exact(root_fd: int, probe: int = 64) -> bool:
     """False on FUSE, or when any of the first ``probe`` root entries disagrees."""
     try:
-        if fs_magic(root_fd) == FUSE_SUPER_MAGIC:
+        if hostfs.fs_magic(root_fd) == FUSE_SUPER_MAGIC:
             return False
-        own = open_quietly(".", _DIR, dir_fd=root_fd)
-    except OSError:
-        return False
-    try:
-        with os.scandir(own) as it:
+        with hostfs.scandir(root_fd) as it:
             for _, entry in zip(range(probe), it, strict=False):
                 try:
-                    if entry.inode() != entry.stat(follow_symlinks=False).st_ino:
+                    if entry.inode() != hostfs.lstat_at(root_fd, entry.name).st_ino:
                         return False
                 except FileNotFoundError:
                     continue
     except OSError:
         return False
-    finally:
-        os.close(own)
     return True
 
 
@@ -264,9 +251,9 @@ def _rename_fails(
     if src_dir != dst_dir:
         return True  # ENOTDIR / EISDIR
     if dst_dir:
-        fd = os.open(nname, _DIR | os.O_NOFOLLOW, dir_fd=npfd)
+        fd = hostfs.open_dir_at(npfd, nname)
         try:
-            return bool(os.listdir(fd))  # ENOTEMPTY
+            return bool(hostfs.listdir(fd))  # ENOTEMPTY
         finally:
             os.close(fd)
     return False
@@ -280,8 +267,8 @@ class Volume:
         self.name = os.path.basename(self.backing) or self.backing
         self.volume_id = volume_id or hashlib.sha256(os.fsencode(self.backing)).hexdigest()[:12]
         self.chunk_size = chunk_size
-        self.root_fd = os.open(self.backing, _DIR)
-        st = os.fstat(self.root_fd)
+        self.root_fd = hostfs.open_dir(self.backing)
+        st = hostfs.fstat(self.root_fd)
         self.dev = st.st_dev
         self.root_ino = st.st_ino
         #: whether readdir's d_ino equals lstat's st_ino here. Snapshots find
@@ -289,7 +276,7 @@ class Volume:
         #: filesystems without use_ino (sshfs by default...) give other numbers
         #: (or none) in readdir: their listings pay one lstat per entry.
         self.exact_dirent_inodes = _dirent_inodes_exact(self.root_fd)
-        if fs_magic(self.root_fd) == FUSE_SUPER_MAGIC:
+        if hostfs.fs_magic(self.root_fd) == FUSE_SUPER_MAGIC:
             log.warning(
                 "%s is on a FUSE filesystem: its snapshots are exact only if that filesystem keeps "
                 "inode numbers stable (libfuse's use_ino); without it, reads of unchanged files "
@@ -316,7 +303,7 @@ class Volume:
     def root_path(self) -> str:
         """A path to the backing directory that still works when the live view
         is mounted over it (the daemon must never go through its own mount)."""
-        return f"/proc/self/fd/{self.root_fd}"
+        return hostfs.access_path(self.root_fd)
 
     @property
     def snapshots(self) -> list[Snapshot]:
@@ -399,7 +386,7 @@ class Volume:
             yield self.root_fd, name
             return
         with self._at(parent) as (base, rel):
-            fd = os.open(rel, _DIR | os.O_NOFOLLOW, dir_fd=base)
+            fd = hostfs.open_dir_at(base, rel)
         try:
             yield fd, name
         finally:
@@ -424,9 +411,7 @@ class Volume:
                     piece.append(parts.pop(0))
                 if not piece:
                     raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), rel)
-                nxt = os.open(
-                    "/".join(piece), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-                )
+                nxt = hostfs.open_search_at(fd, "/".join(piece))
                 if fd != self.root_fd:
                     os.close(fd)
                 fd = nxt
@@ -442,12 +427,13 @@ class Volume:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from None
 
     def _register(self, fd: int, path: str, flags: int) -> int:
-        acc = flags & os.O_ACCMODE
+        acc = flags & _ACCMODE
         self._handles[fd] = OpenFile(
             fd=fd,
-            ino=os.fstat(fd).st_ino,
+            ino=hostfs.fstat(fd).st_ino,
             path=path,
             writable=acc != os.O_RDONLY,
+            readable=acc != os.O_WRONLY,
             append=bool(flags & os.O_APPEND),
         )
         return fd
@@ -456,7 +442,9 @@ class Volume:
         """A read-only fd on an open file, for copying its original chunks even
         when the application opened it write-only (or it was unlinked)."""
         if of.read_fd < 0:
-            of.read_fd = open_quietly(f"/proc/self/fd/{of.fd}", os.O_RDONLY | os.O_CLOEXEC)
+            if of.readable and not hostfs.REOPENS_ANY_FD:
+                return of.fd
+            of.read_fd = hostfs.reopen_quietly(of.fd, os.O_RDONLY | hostfs.O_CLOEXEC)
         return of.read_fd
 
     @staticmethod
@@ -475,7 +463,7 @@ class Volume:
         if caller is None or not caller.umask:
             return mode
         try:
-            os.getxattr(parent_fd, "system.posix_acl_default")
+            hostfs.getxattr(parent_fd, "system.posix_acl_default")
         except OSError:  # ENODATA (no default ACL), ENOTSUP (no ACLs at all)
             return mode & ~caller.umask
         return mode
@@ -485,21 +473,21 @@ class Volume:
         if caller is None or not _IS_ROOT:
             return
         gid = caller.gid
-        pst = os.fstat(parent_fd)
+        pst = hostfs.fstat(parent_fd)
         if pst.st_mode & statmod.S_ISGID:
             gid = pst.st_gid
         if fd is not None:
-            st = os.fstat(fd)
+            st = hostfs.fstat(fd)
             if (st.st_uid, st.st_gid) != (caller.uid, gid):
                 os.fchown(fd, caller.uid, gid)
                 if st.st_mode & (statmod.S_ISUID | statmod.S_ISGID):
                     os.fchmod(fd, statmod.S_IMODE(st.st_mode))
             return
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        st = hostfs.lstat_at(parent_fd, name)
         if (st.st_uid, st.st_gid) != (caller.uid, gid):
-            os.chown(name, caller.uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+            hostfs.chown_at(parent_fd, name, caller.uid, gid)
             if not statmod.S_ISLNK(st.st_mode) and st.st_mode & (statmod.S_ISUID | statmod.S_ISGID):
-                os.chmod(name, statmod.S_IMODE(st.st_mode), dir_fd=parent_fd)
+                hostfs.chmod_at(parent_fd, name, statmod.S_IMODE(st.st_mode))
 
     # -- preservation ----------------------------------------------------------
 
@@ -513,7 +501,7 @@ class Volume:
             return
         with self._stripe(ino):
             cow.preserve_meta(
-                wanting, ino, lambda: (self.adjust(Attr.from_stat(os.fstat(fd))), read_xattrs(fd))
+                wanting, ino, lambda: (self.adjust(Attr.from_stat(hostfs.fstat(fd))), read_xattrs(fd))
             )
             if end > start:
                 cow.preserve_chunks(wanting, ino, fd, start, end, self.chunk_size)
@@ -522,7 +510,7 @@ class Volume:
         """Preserve the metadata of ``name`` in ``dir_fd``; returns its stat
         (None if it does not exist)."""
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            st = hostfs.lstat_at(dir_fd, name)
         except FileNotFoundError:
             return None
         wanting = self._wanting(snaps, st.st_ino)
@@ -532,15 +520,15 @@ class Volume:
                     wanting,
                     st.st_ino,
                     lambda: (
-                        self.adjust(Attr.from_stat(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))),
-                        read_xattrs(f"/proc/self/fd/{dir_fd}/{name}"),
+                        self.adjust(Attr.from_stat(hostfs.lstat_at(dir_fd, name))),
+                        read_xattrs_at(dir_fd, name),
                     ),
                 )
         return st
 
     def _preserve_dir(self, snaps: list[Snapshot], dir_fd: int) -> None:
         """Preserve a directory's listing and metadata before its namespace changes."""
-        st = os.fstat(dir_fd)
+        st = hostfs.fstat(dir_fd)
         wanting = self._wanting(snaps, st.st_ino)
         if not wanting:
             return
@@ -549,7 +537,7 @@ class Volume:
             cow.preserve_meta(
                 wanting,
                 st.st_ino,
-                lambda: (self.adjust(Attr.from_stat(os.fstat(dir_fd))), read_xattrs(dir_fd)),
+                lambda: (self.adjust(Attr.from_stat(hostfs.fstat(dir_fd))), read_xattrs(dir_fd)),
             )
         cow.preserve_listing(wanting, st.st_ino, lambda: self.scan_dir(dir_fd, at_root))
 
@@ -571,22 +559,22 @@ class Volume:
 
     def getattr(self, path: str, fh: int | None = None) -> Attr:
         if fh is not None and fh in self._handles:
-            st = os.fstat(self._handles[fh].fd)
+            st = hostfs.fstat(self._handles[fh].fd)
         else:
             with self._at(self._visible(path)) as (base, rel):
-                st = os.stat(rel, dir_fd=base, follow_symlinks=False)
+                st = hostfs.lstat_at(base, rel)
         return self.adjust(Attr.from_stat(st))
 
     def readlink(self, path: str) -> str:
         with self._at(self._visible(path)) as (base, rel):
-            return os.readlink(rel, dir_fd=base)
+            return hostfs.readlink_at(base, rel)
 
     def readdir(self, path: str) -> list[str]:
         rel = self._visible(path)
         with self._at(rel) as (base, name):
-            fd = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=base)
+            fd = hostfs.open_dir_at(base, name)
         try:
-            names = os.listdir(fd)
+            names = hostfs.listdir(fd)
         finally:
             os.close(fd)
         if rel == ".":
@@ -594,24 +582,24 @@ class Volume:
         return names
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        return os.pread(self._handle(fh).fd, size, offset)
+        return hostfs.pread(self._handle(fh).fd, size, offset)
 
     def getxattr(self, path: str, name: str) -> bytes:
         rel = self._visible(path)
         if rel == ".":
-            return os.getxattr(self.root_fd, name)
+            return hostfs.getxattr(self.root_fd, name)
         with self._parent(path) as (pfd, leaf):
-            return os.getxattr(f"/proc/self/fd/{pfd}/{leaf}", name, follow_symlinks=False)
+            return hostfs.getxattr_at(pfd, leaf, name)
 
     def listxattr(self, path: str) -> list[str]:
         rel = self._visible(path)
         if rel == ".":
-            return os.listxattr(self.root_fd)
+            return hostfs.listxattr(self.root_fd)
         with self._parent(path) as (pfd, leaf):
-            return os.listxattr(f"/proc/self/fd/{pfd}/{leaf}", follow_symlinks=False)
+            return hostfs.listxattr_at(pfd, leaf)
 
-    def statfs(self) -> os.statvfs_result:
-        return os.statvfs(self.root_fd)
+    def statfs(self) -> os.statvfs_result | hostfs.StatVfs:
+        return hostfs.statvfs(self.root_fd)
 
     # -- open files --------------------------------------------------------------
 
@@ -621,32 +609,32 @@ class Volume:
         oflags = _backing_open_flags(flags)
         if not trunc:
             with self._at(rel) as (base, name):
-                return self._register(os.open(name, oflags, dir_fd=base), rel, flags)
+                return self._register(hostfs.open_at(base, name, oflags), rel, flags)
         with self._changing() as snaps, self._at(rel) as (base, name):
             fh = self._open_truncating(snaps, base, name, oflags, flags)
             self._handles[fh].path = rel
             return fh
 
     def _open_truncating(self, snaps: list[Snapshot], dir_fd: int, name: str, oflags: int, flags: int) -> int:
-        fd = os.open(name, oflags, dir_fd=dir_fd)
+        fd = hostfs.open_at(dir_fd, name, oflags)
         try:
-            ino = os.fstat(fd).st_ino
+            ino = hostfs.fstat(fd).st_ino
             if snaps:
-                rfd = open_quietly(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                rfd = hostfs.reopen_quietly(fd, os.O_RDONLY | hostfs.O_CLOEXEC)
                 try:
                     self._preserve_fd(snaps, ino, rfd, 0, cow.TO_END)
                 finally:
                     os.close(rfd)
-            if flags & os.O_ACCMODE == os.O_RDONLY:
+            if flags & _ACCMODE == os.O_RDONLY:
                 # Linux truncates on O_RDONLY|O_TRUNC too (the kernel has
                 # checked write permission): truncate through a writable twin.
-                wfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+                wfd = hostfs.reopen(fd, os.O_WRONLY | hostfs.O_CLOEXEC)
                 try:
-                    os.ftruncate(wfd, 0)
+                    hostfs.ftruncate(wfd, 0)
                 finally:
                     os.close(wfd)
             else:
-                os.ftruncate(fd, 0)
+                hostfs.ftruncate(fd, 0)
         except BaseException:
             os.close(fd)
             raise
@@ -657,7 +645,7 @@ class Volume:
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
             oflags = _backing_open_flags(flags)
             try:
-                os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                hostfs.lstat_at(pfd, name)
                 exists = True
             except FileNotFoundError:
                 exists = False
@@ -666,14 +654,13 @@ class Volume:
                     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
                 if flags & os.O_TRUNC:
                     return self._open_truncating(snaps, pfd, name, oflags, flags)
-                return self._register(os.open(name, oflags, dir_fd=pfd), rel, flags)
+                return self._register(hostfs.open_at(pfd, name, oflags), rel, flags)
             if snaps:
                 self._preserve_dir(snaps, pfd)
-            fd = os.open(
-                name, oflags | os.O_CREAT | os.O_EXCL, self._creation_mode(pfd, mode, caller), dir_fd=pfd
-            )
+            creation_mode = self._creation_mode(pfd, mode, caller)
+            fd = hostfs.open_at(pfd, name, oflags | os.O_CREAT | os.O_EXCL, creation_mode)
             try:
-                self._mark_new(snaps, os.fstat(fd).st_ino)
+                self._mark_new(snaps, hostfs.fstat(fd).st_ino)
                 self._own(pfd, name, caller, fd)
             except BaseException:
                 os.close(fd)
@@ -693,12 +680,12 @@ class Volume:
         try:
             snaps = self._snaps
             if snaps:
-                start = os.fstat(of.fd).st_size if of.append else offset
+                start = hostfs.fstat(of.fd).st_size if of.append else offset
                 end = start + len(data)
                 known = of.preserved
                 if known is None or known[0] != self._snaps_gen or start < known[1] or end > known[2]:
                     self._before_write(snaps, of, start, end)
-            return os.pwrite(of.fd, data, offset)
+            return hostfs.pwrite(of.fd, data, offset)
         finally:
             # stamped before leaving the gate, so a quiet-period check made
             # under the exclusive hold always sees this write
@@ -734,18 +721,18 @@ class Volume:
                 of = self._handles[fh]
                 if snaps:
                     self._preserve_fd(snaps, of.ino, self._reader(of), length, cow.TO_END)
-                os.ftruncate(of.fd, length)
+                hostfs.ftruncate(of.fd, length)
                 return
             with self._at(self._changeable(path)) as (base, name):
-                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
+                fd = hostfs.open_at(base, name, os.O_WRONLY | hostfs.O_NOFOLLOW | hostfs.O_CLOEXEC)
             try:
                 if snaps:
-                    rfd = open_quietly(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                    rfd = hostfs.reopen_quietly(fd, os.O_RDONLY | hostfs.O_CLOEXEC)
                     try:
-                        self._preserve_fd(snaps, os.fstat(fd).st_ino, rfd, length, cow.TO_END)
+                        self._preserve_fd(snaps, hostfs.fstat(fd).st_ino, rfd, length, cow.TO_END)
                     finally:
                         os.close(rfd)
-                os.ftruncate(fd, length)
+                hostfs.ftruncate(fd, length)
             finally:
                 os.close(fd)
 
@@ -760,14 +747,14 @@ class Volume:
                 else:
                     start = end = 0
                 self._preserve_fd(snaps, of.ino, self._reader(of), start, end)
-            fallocate(of.fd, mode, offset, length)
+            hostfs.fallocate(of.fd, mode, offset, length)
 
     def fsync(self, fh: int, datasync: bool = False) -> None:
         fd = self._handle(fh).fd
         if datasync:
-            os.fdatasync(fd)
+            hostfs.fdatasync(fd)
         else:
-            os.fsync(fd)
+            hostfs.fsync(fd)
 
     def fsyncdir(self, path: str, datasync: bool = False) -> None:
         """Flush a backing directory: fsync(2) of a directory in the live view.
@@ -782,12 +769,12 @@ class Volume:
         """
         rel = self._visible(path)
         with self._at(rel) as (base, name):
-            fd = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=base)
+            fd = hostfs.open_dir_at(base, name)
         try:
             if datasync:
-                os.fdatasync(fd)
+                hostfs.fdatasync(fd)
             else:
-                os.fsync(fd)
+                hostfs.fsync(fd)
         finally:
             os.close(fd)
 
@@ -808,26 +795,26 @@ class Volume:
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
             if snaps:
                 self._preserve_dir(snaps, pfd)
-            os.mkdir(name, self._creation_mode(pfd, mode, caller), dir_fd=pfd)
+            hostfs.mkdir_at(pfd, name, self._creation_mode(pfd, mode, caller))
             self._created(snaps, pfd, name, caller)
 
     def mknod(self, path: str, mode: int, dev: int = 0, caller: Caller | None = None) -> None:
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
             if snaps:
                 self._preserve_dir(snaps, pfd)
-            os.mknod(name, self._creation_mode(pfd, mode, caller), dev, dir_fd=pfd)
+            hostfs.mknod_at(pfd, name, self._creation_mode(pfd, mode, caller), dev)
             self._created(snaps, pfd, name, caller)
 
     def symlink(self, target: str, path: str, caller: Caller | None = None) -> None:
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
             if snaps:
                 self._preserve_dir(snaps, pfd)
-            os.symlink(target, name, dir_fd=pfd)
+            hostfs.symlink_at(target, pfd, name)
             self._created(snaps, pfd, name, caller)
 
     def _created(self, snaps: list[Snapshot], pfd: int, name: str, caller: Caller | None) -> None:
         if snaps:
-            self._mark_new(snaps, os.stat(name, dir_fd=pfd, follow_symlinks=False).st_ino)
+            self._mark_new(snaps, hostfs.lstat_at(pfd, name).st_ino)
         self._own(pfd, name, caller)
 
     def link(self, existing: str, new: str) -> None:
@@ -835,36 +822,38 @@ class Volume:
         # The kernel resolves the existing name before the new one's parent:
         # report ENOENT for a missing source first, as it would.
         with self._at(src) as (base, name):
-            os.stat(name, dir_fd=base, follow_symlinks=False)
+            hostfs.lstat_at(base, name)
         with self._changing() as snaps, self._ns_lock, self._parent(new) as (pfd, name):
             if snaps:
                 with self._parent(existing) as (spfd, sname):
                     self._preserve_at(snaps, spfd, sname)
                 self._preserve_dir(snaps, pfd)
             with self._at(src) as (base, sname):
-                os.link(sname, name, src_dir_fd=base, dst_dir_fd=pfd, follow_symlinks=False)
+                hostfs.link_at(base, sname, pfd, name)
 
     def unlink(self, path: str) -> None:
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
             if snaps:
-                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                st = hostfs.lstat_at(pfd, name)
                 self._preserve_dir(snaps, pfd)
                 if not statmod.S_ISDIR(st.st_mode):
                     self._preserve_at(snaps, pfd, name)
-                    self._retain(snaps, pfd, name, st)
-            os.unlink(name, dir_fd=pfd)
+                    owners = {s.id for s in self._wanting(snaps, st.st_ino)}
+                    if owners and self.retained.park_file(st.st_ino, pfd, name, owners, st.st_blocks * 512):
+                        return  # the name went into the retained area
+            hostfs.unlink_at(pfd, name)
 
     def rmdir(self, path: str) -> None:
         with self._changing() as snaps, self._ns_lock, self._parent(path) as (pfd, name):
-            st = os.stat(name, dir_fd=pfd, follow_symlinks=False) if snaps else None
+            st = hostfs.lstat_at(pfd, name) if snaps else None
             if st is None or not statmod.S_ISDIR(st.st_mode) or not self._wanting(snaps, st.st_ino):
-                os.rmdir(name, dir_fd=pfd)
+                hostfs.rmdir_at(pfd, name)
                 return
             # A snapshot still names this directory: park it (empty) in the
             # retained area instead of deleting it, so its inode stays ours.
-            fd = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=pfd)
+            fd = hostfs.open_dir_at(pfd, name)
             try:
-                if os.listdir(fd):
+                if hostfs.listdir(fd):
                     raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), path)
             finally:
                 os.close(fd)
@@ -872,7 +861,7 @@ class Volume:
             self._preserve_at(snaps, pfd, name)
             owners = {s.id for s in self._wanting(snaps, st.st_ino)}
             parked = self.retained.park_dir(st.st_ino, owners)
-            renameat2(pfd, name, self.retained.fd, parked, RENAME_NOREPLACE)
+            hostfs.rename_at(pfd, name, self.retained.fd, parked, RENAME_NOREPLACE)
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
@@ -884,9 +873,9 @@ class Volume:
             self._parent(new) as (npfd, nname),
         ):
             if snaps:
-                sst = os.stat(oname, dir_fd=opfd, follow_symlinks=False)
+                sst = hostfs.lstat_at(opfd, oname)
                 try:
-                    tst = os.stat(nname, dir_fd=npfd, follow_symlinks=False)
+                    tst = hostfs.lstat_at(npfd, nname)
                 except FileNotFoundError:
                     tst = None
                 self._preserve_dir(snaps, opfd)
@@ -894,25 +883,25 @@ class Volume:
                 if _rename_fails(old, new, flags, sst, tst, npfd, nname):
                     # Retaining links would change ctimes that a failing
                     # rename leaves alone: let the filesystem refuse it.
-                    renameat2(opfd, oname, npfd, nname, flags)
+                    hostfs.rename_at(opfd, oname, npfd, nname, flags)
                     raise OSError(errno.EIO, "rename succeeded where it was expected to fail", old)
                 if tst is not None and tst.st_ino == sst.st_ino and not flags:
                     # Two names of one inode: rename(2) does nothing at all.
-                    renameat2(opfd, oname, npfd, nname, flags)
+                    hostfs.rename_at(opfd, oname, npfd, nname, flags)
                     return
                 self._preserve_at(snaps, opfd, oname)
                 self._retain(snaps, opfd, oname, sst)
                 if tst is not None and tst.st_ino != sst.st_ino:
                     self._preserve_at(snaps, npfd, nname)
                     self._retain(snaps, npfd, nname, tst)
-            renameat2(opfd, oname, npfd, nname, flags)
+            hostfs.rename_at(opfd, oname, npfd, nname, flags)
 
     # -- metadata ----------------------------------------------------------------
 
     def _preserve_path(self, snaps: list[Snapshot], path: str) -> None:
         rel = self._changeable(path)
         if rel == ".":
-            st = os.fstat(self.root_fd)
+            st = hostfs.fstat(self.root_fd)
             if self._wanting(snaps, st.st_ino):
                 self._preserve_fd(snaps, st.st_ino, self.root_fd)
             return
@@ -926,44 +915,38 @@ class Volume:
                 self._preserve_path(snaps, path)
             rel = self._changeable(path)
             with self._at(rel) as (base, name):
-                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
-            try:
-                if statmod.S_ISLNK(os.fstat(fd).st_mode):
-                    raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), path)
-                os.chmod(f"/proc/self/fd/{fd}", mode)
-            finally:
-                os.close(fd)
+                hostfs.chmod_at(base, name, mode)
 
     def chown(self, path: str, uid: int, gid: int) -> None:
         with self._changing() as snaps:
             if snaps:
                 self._preserve_path(snaps, path)
             with self._at(self._changeable(path)) as (base, name):
-                os.chown(name, uid, gid, dir_fd=base, follow_symlinks=False)
+                hostfs.chown_at(base, name, uid, gid)
 
     def utimens(self, path: str, atime_ns: int, mtime_ns: int) -> None:
         with self._changing() as snaps:
             if snaps:
                 self._preserve_path(snaps, path)
             with self._at(self._changeable(path)) as (base, name):
-                utimensat(base, name, atime_ns, mtime_ns)
+                hostfs.utimens_at(base, name, atime_ns, mtime_ns)
 
     def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
         with self._changing() as snaps:
             if snaps:
                 self._preserve_path(snaps, path)
             if self._changeable(path) == ".":
-                os.setxattr(self.root_fd, name, value, flags)
+                hostfs.setxattr(self.root_fd, name, value, flags)
                 return
             with self._parent(path) as (pfd, leaf):
-                os.setxattr(f"/proc/self/fd/{pfd}/{leaf}", name, value, flags, follow_symlinks=False)
+                hostfs.setxattr_at(pfd, leaf, name, value, flags)
 
     def removexattr(self, path: str, name: str) -> None:
         with self._changing() as snaps:
             if snaps:
                 self._preserve_path(snaps, path)
             if self._changeable(path) == ".":
-                os.removexattr(self.root_fd, name)
+                hostfs.removexattr(self.root_fd, name)
                 return
             with self._parent(path) as (pfd, leaf):
-                os.removexattr(f"/proc/self/fd/{pfd}/{leaf}", name, follow_symlinks=False)
+                hostfs.removexattr_at(pfd, leaf, name)
