@@ -220,6 +220,9 @@ class FakeWin32:
     def set_security(self, path: str, info: int, sd: bytes) -> None:
         self.calls.append(("set_security", path, info, sd))
 
+    def set_hidden_system(self, path: str) -> None:
+        self.calls.append(("set_hidden_system", path))
+
     def disk_usage(self, path: str) -> pio.DiskUsage:
         return pio.DiskUsage(total=100 * 4096, free=40 * 4096, available=30 * 4096)
 
@@ -236,12 +239,14 @@ def test_windows_binding_joins_names_with_backslashes() -> None:
     calls.rename_at(3, "a", 4, "b", 0)
     assert calls.open_by_id is not None
     calls.open_by_id(3, 77)
+    calls.hide(3)
     assert win.calls == [
         ("open", "\\\\?\\D:\\data\\f", os.O_RDONLY, 0o777),
         ("open_directory", "\\\\?\\D:\\data\\d"),
         ("rename", "\\\\?\\D:\\data\\a", "\\\\?\\D:\\b", False),
         ("rename", "\\\\?\\D:\\data\\a", "\\\\?\\D:\\b", True),
         ("open_by_id", 3, 77, True),
+        ("set_hidden_system", "\\\\?\\D:\\data"),
     ]
 
 

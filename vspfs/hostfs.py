@@ -281,6 +281,7 @@ class PathCalls:
         sep: str = os.sep,
         xattrs: Any = None,
         open_by_id: Callable[[int, int], int] | None = None,
+        hide: Callable[[str], None] | None = None,
         disk_usage: Callable[[str], pio.DiskUsage] = pio.disk_usage,
     ) -> None:
         self._path = access_path
@@ -290,6 +291,7 @@ class PathCalls:
         self._sep = sep
         self._x = xattrs
         self.open_by_id = open_by_id
+        self._hide = hide
         self._disk_usage = disk_usage
 
     def _join(self, base: str, name: str) -> str:
@@ -432,6 +434,10 @@ class PathCalls:
     def futimes(self, fd: int, atime_ns: int, mtime_ns: int) -> None:
         self._on(fd, "", lambda path: os.utime(path, ns=(atime_ns, mtime_ns)))
 
+    def hide(self, fd: int) -> None:
+        if self._hide is not None:
+            self._on(fd, "", self._hide)
+
     # -- xattrs: of an fd (getxattr ...) or of a name in a directory (getxattr_at ...)
 
     def _xattrs(self) -> Any:
@@ -491,7 +497,7 @@ class PathCalls:
         "reopen", "lstat_at", "readlink_at", "listdir", "scandir", "mkdir_at", "mknod_at", "symlink_at",
         "link_at", "unlink_at", "rmdir_at", "rename_at", "chmod_at", "chown_at", "utimens_at", "futimes",
         "getxattr", "listxattr", "setxattr", "removexattr", "getxattr_at", "listxattr_at", "setxattr_at",
-        "removexattr_at", "statvfs", "fallocate", "fs_magic", "open_by_id",
+        "removexattr_at", "statvfs", "fallocate", "fs_magic", "open_by_id", "hide",
     )  # fmt: skip
 
 
@@ -579,6 +585,7 @@ def windows_path_calls(win: Any) -> PathCalls:
         sep="\\",
         xattrs=SecurityXattr(win.get_security, win.set_security),
         open_by_id=lambda fd, file_id: win.open_by_id(fd, file_id, True),
+        hide=win.set_hidden_system,
         disk_usage=win.disk_usage,
     )
 
@@ -631,6 +638,12 @@ statvfs = getattr(os, "statvfs", None)
 fallocate = _posix_fallocate
 fs_magic = _posix_fs_magic
 open_by_id: Callable[[int, int], int] | None = None
+
+
+def hide(fd: int) -> None:
+    """Keep vspfs's own directory out of file managers: a dot name does it
+    on POSIX; Windows needs the HIDDEN and SYSTEM attributes."""
+
 
 _POSIX = {name: globals()[name] for name in PathCalls.NAMES}
 

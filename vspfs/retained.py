@@ -80,6 +80,10 @@ class RetainedArea:
                 "stop that daemon or serve another directory"
             ) from None
         self._lock_fd = lock_fd
+        try:
+            hostfs.hide(self.fd)
+        except OSError as exc:
+            log.debug("could not hide the retained area: %s", exc)
 
     # -- queries ---------------------------------------------------------------
 
