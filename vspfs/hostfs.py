@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
 from vspfs import portable_io as pio
+from vspfs import syscalls
 
 WINDOWS = sys.platform == "win32"
 
@@ -56,18 +57,15 @@ O_NOATIME: int = getattr(os, "O_NOATIME", 0)
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 O_NOCTTY: int = getattr(os, "O_NOCTTY", 0)
 
-#: flags of renameat2(2); the by-path binding supports NOREPLACE only
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-RENAME_WHITEOUT = 4
-
-#: the core's markers for "now" and "unchanged" in a time given in integer
-#: nanoseconds: outside the int64 range, so no real time is mistaken for them
-UTIME_NOW = 1 << 63
-UTIME_OMIT = (1 << 63) + 1
-
-#: f_type of a FUSE filesystem (linux/magic.h)
-FUSE_SUPER_MAGIC = 0x65735546
+#: renameat2(2) flags (the by-path binding supports NOREPLACE only), the
+#: core's "now" and "unchanged" markers for a time in nanoseconds, and the
+#: f_type of a FUSE filesystem: one definition, in vspfs.syscalls
+RENAME_NOREPLACE = syscalls.RENAME_NOREPLACE
+RENAME_EXCHANGE = syscalls.RENAME_EXCHANGE
+RENAME_WHITEOUT = syscalls.RENAME_WHITEOUT
+UTIME_NOW = syscalls.UTIME_NOW
+UTIME_OMIT = syscalls.UTIME_OMIT
+FUSE_SUPER_MAGIC = syscalls.FUSE_SUPER_MAGIC
 
 #: the pseudo extended attribute holding a Windows security descriptor
 #: (ntfs-3g's name for the same bytes)
@@ -169,12 +167,6 @@ def _posix_rmdir_at(dir_fd: int, name: str) -> None:
     os.rmdir(name, dir_fd=dir_fd)
 
 
-def _posix_rename_at(old_dir_fd: int, old: str, new_dir_fd: int, new: str, flags: int = 0) -> None:
-    from vspfs import syscalls
-
-    syscalls.renameat2(old_dir_fd, old, new_dir_fd, new, flags)
-
-
 def _posix_chmod_at(dir_fd: int, name: str, mode: int) -> None:
     """chmod without following a final symlink (EOPNOTSUPP on a symlink, as
     fchmodat(AT_SYMLINK_NOFOLLOW) answers)."""
@@ -189,22 +181,6 @@ def _posix_chmod_at(dir_fd: int, name: str, mode: int) -> None:
 
 def _posix_chown_at(dir_fd: int, name: str, uid: int, gid: int) -> None:
     os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
-
-
-def _posix_utimens_at(dir_fd: int, name: str, atime_ns: int, mtime_ns: int) -> None:
-    from vspfs import syscalls
-
-    syscalls.utimensat(dir_fd, name, _kernel_time(atime_ns), _kernel_time(mtime_ns))
-
-
-def _kernel_time(value: int) -> int:
-    from vspfs import syscalls
-
-    if value == UTIME_NOW:
-        return syscalls.UTIME_NOW
-    if value == UTIME_OMIT:
-        return syscalls.UTIME_OMIT
-    return value
 
 
 def _posix_futimes(fd: int, atime_ns: int, mtime_ns: int) -> None:
@@ -237,16 +213,8 @@ def _posix_location(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
-def _posix_fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    from vspfs import syscalls
-
-    syscalls.fallocate(fd, mode, offset, length)
-
-
-def _posix_fs_magic(fd: int) -> int:
-    from vspfs import syscalls
-
-    return syscalls.fs_magic(fd)
+_posix_fallocate = syscalls.fallocate
+_posix_fs_magic = syscalls.fs_magic
 
 
 # =============================================================================
@@ -545,8 +513,6 @@ def linux_path_calls() -> PathCalls:
         if replace:
             os.rename(old, new)
         else:
-            from vspfs import syscalls
-
             syscalls.renameat2(-100, old, -100, new, RENAME_NOREPLACE)  # AT_FDCWD
 
     return PathCalls(
@@ -621,10 +587,10 @@ symlink_at = _posix_symlink_at
 link_at = _posix_link_at
 unlink_at = _posix_unlink_at
 rmdir_at = _posix_rmdir_at
-rename_at = _posix_rename_at
+rename_at = syscalls.renameat2
 chmod_at = _posix_chmod_at
 chown_at = _posix_chown_at
-utimens_at = _posix_utimens_at
+utimens_at = syscalls.utimensat
 futimes = _posix_futimes
 getxattr = getattr(os, "getxattr", None)
 listxattr = getattr(os, "listxattr", None)

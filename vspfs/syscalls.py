@@ -1,5 +1,8 @@
 """The few Linux system calls Python's os module does not expose.
 
+Only ``vspfs.hostfs``'s POSIX binding calls them; the constants are shared
+with its other binding, so libc is loaded on first call, not at import.
+
 renameat2 (RENAME_NOREPLACE / RENAME_EXCHANGE), utimensat with UTIME_NOW /
 UTIME_OMIT, and fallocate with a mode. They are called through ctypes so the
 live view can pass an application's request through unchanged instead of
@@ -38,7 +41,16 @@ FALLOC_FL_UNSHARE_RANGE = 0x40
 
 AT_SYMLINK_NOFOLLOW = 0x100
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc_handle: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL:
+    """libc, loaded on first use: importing this module's constants must
+    work where there is no libc (Windows)."""
+    global _libc_handle
+    if _libc_handle is None:
+        _libc_handle = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc_handle
 
 
 class _Timespec(ctypes.Structure):
@@ -55,7 +67,7 @@ def renameat2(olddirfd: int, old: str, newdirfd: int, new: str, flags: int = 0) 
     if flags == 0:
         os.rename(old, new, src_dir_fd=olddirfd, dst_dir_fd=newdirfd)
         return
-    ret = _libc.renameat2(olddirfd, os.fsencode(old), newdirfd, os.fsencode(new), ctypes.c_uint(flags))
+    ret = _libc().renameat2(olddirfd, os.fsencode(old), newdirfd, os.fsencode(new), ctypes.c_uint(flags))
     _check(ret, old)
 
 
@@ -71,17 +83,17 @@ def _timespec(value_ns: int) -> _Timespec:
 def utimensat(dirfd: int, name: str, atime_ns: int, mtime_ns: int, *, follow_symlinks: bool = False) -> None:
     times = (_Timespec * 2)(_timespec(atime_ns), _timespec(mtime_ns))
     flags = 0 if follow_symlinks else AT_SYMLINK_NOFOLLOW
-    ret = _libc.utimensat(dirfd, os.fsencode(name), times, flags)
+    ret = _libc().utimensat(dirfd, os.fsencode(name), times, flags)
     _check(ret, name)
 
 
 def futimens(fd: int, atime_ns: int, mtime_ns: int) -> None:
     times = (_Timespec * 2)(_timespec(atime_ns), _timespec(mtime_ns))
-    _check(_libc.futimens(fd, times))
+    _check(_libc().futimens(fd, times))
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    ret = _libc.fallocate(fd, ctypes.c_int(mode), ctypes.c_int64(offset), ctypes.c_int64(length))
+    ret = _libc().fallocate(fd, ctypes.c_int(mode), ctypes.c_int64(offset), ctypes.c_int64(length))
     _check(ret)
 
 
@@ -92,5 +104,5 @@ FUSE_SUPER_MAGIC = 0x65735546
 def fs_magic(fd: int) -> int:
     """f_type of the filesystem holding ``fd`` (fstatfs; os.statvfs does not report it)."""
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
-    _check(_libc.fstatfs(fd, buf))
+    _check(_libc().fstatfs(fd, buf))
     return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], sys.byteorder) & 0xFFFFFFFF

@@ -41,7 +41,6 @@ from vspfs.hostfs import (
     RENAME_WHITEOUT,
     UTIME_NOW,
     UTIME_OMIT,
-    open_quietly,
 )
 from vspfs.retained import RetainedArea
 
@@ -62,8 +61,8 @@ __all__ = [
     "Caller",
     "Volume",
     "is_hidden_root_name",
-    "open_quietly",
     "read_xattrs",
+    "read_xattrs_at",
     "scan_dir",
 ]
 
