@@ -11,6 +11,7 @@ letters, its refusals and its bookkeeping are tested without winfspy.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -271,3 +272,145 @@ def test_on_windows_switch_is_the_platform_layers(monkeypatch: pytest.MonkeyPatc
         import mount.winfsp
 
         mount.winfsp.load_winfspy()
+
+
+# -------------------------------------------- flushing the live drives (item 6)
+
+
+class _FakeFunction:
+    """One kernel32 export: converts each argument with its declared argtypes, as ctypes does."""
+
+    def __init__(self, dll: _FakeKernel32, name: str) -> None:
+        self.dll = dll
+        self.name = name
+        self.restype: object = None
+        self.argtypes: list[Any] | None = None
+
+    def __call__(self, *args: object) -> object:
+        assert self.argtypes is not None, f"{self.name} called without a declared signature"
+        assert len(args) == len(self.argtypes), f"{self.name}: {len(args)} arguments"
+        for argtype, arg in zip(self.argtypes, args, strict=True):
+            argtype.from_param(arg)  # raises as ctypes would for a wrong type
+        self.dll.calls.append((self.name, args))
+        return self.dll.results.get(self.name, 1)
+
+
+class _FakeKernel32:
+    def __init__(self) -> None:
+        self.functions: dict[str, _FakeFunction] = {}
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+        self.results: dict[str, object] = {"CreateFileW": 0x1234}
+        self.last_error = 0
+
+    def __getattr__(self, name: str) -> _FakeFunction:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.functions.setdefault(name, _FakeFunction(self, name))
+
+
+def test_flush_drive_declares_its_calls_and_ignores_the_flush_error(caplog: pytest.LogCaptureFixture) -> None:
+    k = _FakeKernel32()
+    k.results["FlushFileBuffers"] = 0  # winfspy's volume-flush bug: the caches were flushed before
+    k.last_error = 59  # ERROR_UNEXP_NET_ERR, what STATUS_UNEXPECTED_IO_ERROR becomes
+    with caplog.at_level(logging.DEBUG, logger="vspfs.winplatform"):
+        assert wp.flush_drive("l:", kernel32=k, get_last_error=lambda: k.last_error) is True
+    assert [
+        len(k.functions[n].argtypes or ()) for n in ("CreateFileW", "FlushFileBuffers", "CloseHandle")
+    ] == [
+        7,
+        1,
+        1,
+    ]
+    assert all(f.restype is not None for f in k.functions.values())
+    assert k.calls == [
+        ("CreateFileW", ("\\\\.\\L:", 0x40000000, 0x1 | 0x2, None, 3, 0, None)),
+        ("FlushFileBuffers", (0x1234,)),
+        ("CloseHandle", (0x1234,)),
+    ]
+    assert caplog.records == []  # the expected error is not even a debug line
+
+
+def test_flush_drive_logs_other_failures_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    k = _FakeKernel32()
+    k.results["CreateFileW"] = wp.INVALID_HANDLE_VALUE
+    k.last_error = 5  # ERROR_ACCESS_DENIED
+    with caplog.at_level(logging.DEBUG, logger="vspfs.winplatform"):
+        assert wp.flush_drive("M:", kernel32=k, get_last_error=lambda: k.last_error) is False
+        assert [n for n, _ in k.calls] == ["CreateFileW"]  # nothing to flush or close
+        k.results.update({"CreateFileW": 0x99, "CloseHandle": 0})
+        assert wp.flush_drive("M:", kernel32=k, get_last_error=lambda: k.last_error) is True
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "cannot open M: to flush it (Win32 error 5)"),
+        (logging.DEBUG, "cannot close the handle of M: (Win32 error 5)"),
+    ]
+    with pytest.raises(UsageError, match="bad drive letter"):
+        wp.flush_drive("LL:", kernel32=k)
+
+
+def test_flush_drive_does_nothing_off_windows() -> None:
+    assert wp.flush_drive("L:") is False  # no kernel32 here, and none is loaded
+
+
+@pytest.fixture
+def order(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What happens in which order: ("flush", letter) and ("hold", backing) events."""
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(wp, "flush_drive", lambda letter: events.append(("flush", letter)) or True)
+    return events
+
+
+def _record_holds(monkeypatch: pytest.MonkeyPatch, daemon: Daemon, events: list[tuple[str, str]]) -> None:
+    for live in daemon._live:
+        vol = live.volume
+        real = vol.hold_changes
+
+        def hold(*args: Any, vol: Any = vol, real: Any = real, **kwargs: Any) -> Any:
+            events.append(("hold", vol.backing))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(vol, "hold_changes", hold)
+
+
+def test_live_drives_are_flushed_before_the_snapshot_set_holds_writes(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    windows: set[str],
+    short_dir: str,
+    order: list[tuple[str, str]],
+) -> None:
+    pytest.importorskip("vspfs.provider")
+    dirs = [os.path.join(short_dir, n) for n in ("a", "b", "c", "cache")]
+    for x in dirs:
+        os.mkdir(x)
+    d = Daemon(
+        [VolumeSpec(dirs[0], "L:"), VolumeSpec(dirs[1], "M:"), VolumeSpec(dirs[2], "N:")],
+        cache_volumes=[dirs[3]],
+        socket_path=os.environ["VSPFS_SOCKET"],
+        state_dir=os.environ["VSPFS_STATE_DIR"],
+        backend=FakeBackend(),  # type: ignore[arg-type]
+    )
+    try:
+        d.start()
+        _record_holds(monkeypatch, d, order)
+        a, b = (os.path.realpath(x) for x in dirs[:2])
+        _json(capsys, "snapshot", "create", "M:", "L:")  # a set of two: N: is not in it
+        assert sorted(order[:2]) == [("flush", "L:"), ("flush", "M:")]
+        assert sorted(order[2:]) == [("hold", a), ("hold", b)]
+        order.clear()
+        _json(capsys, "snapshot", "create", "N:", "--busy-file-wait", "0.01")  # through the quiet period
+        assert order[0] == ("flush", "N:") and [e for e, _ in order[1:]] == ["hold"]
+    finally:
+        assert d.shutdown()
+
+
+def test_nothing_is_flushed_on_linux(
+    monkeypatch: pytest.MonkeyPatch, short_dir: str, order: list[tuple[str, str]]
+) -> None:
+    vol = type("V", (), {})()
+    d = Daemon([VolumeSpec(short_dir)], socket_path=os.path.join(short_dir, "s.sock"))
+    d._live.append(daemon_mod._Live(VolumeSpec(short_dir, "L:"), vol, "L:", FakeHandle("L:")))  # type: ignore[arg-type]
+    d.flush_live_drives([vol])  # type: ignore[list-item]
+    assert order == []
+    monkeypatch.setattr(wp, "running_on_windows", lambda: True)
+    d.flush_live_drives([vol])  # type: ignore[list-item]
+    assert order == [("flush", "L:")]

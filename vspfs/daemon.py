@@ -1157,8 +1157,29 @@ class Daemon:
     def has_snapshot(self, snap: Snapshot) -> bool:
         return self.provider is not None and self.provider.snapshots.get(snap.id) is snap
 
+    def flush_live_drives(self, vols: Iterable[Volume]) -> None:
+        """Windows: push what the cache manager holds for these volumes' live drives
+        into the engine, just before a snapshot set holds their writes.
+
+        WinFsp caches file data, so a write an application made before the
+        snapshot may still be in the cache and reach the engine only after
+        it (docs/windows.md, "What the core still needs", item 6). This runs
+        before the hold, never under it: the flush's writes must get through
+        the live view, which the hold would stop. Nothing to do on Linux,
+        where FUSE passes each write on before the application's returns.
+        Outside the daemon lock, so that other requests are not kept waiting.
+        """
+        if not on_windows():
+            return
+        wanted = set(map(id, vols))
+        for live in list(self._live):
+            if id(live.volume) in wanted and live.handle is not None and live.spec.on_letter:
+                winplatform.flush_drive(live.mountpoint)
+
     def job_snapshot_set(self, vols: list[Volume], **kwargs: Any) -> list[Snapshot]:
-        """Create a job's snapshot set under the daemon lock (see Provider.create_snapshot_set)."""
+        """Create a job's snapshot set under the daemon lock (see Provider.create_snapshot_set),
+        after flushing the live drives (Windows, :meth:`flush_live_drives`)."""
+        self.flush_live_drives(vols)
         with self._lock:
             if self._stopping or self.provider is None:
                 raise DaemonNotRunning("the vspfs daemon is shutting down")
@@ -1310,6 +1331,9 @@ class Daemon:
 
         def take(check: Callable[[], None] | None) -> dict[str, Any]:
             assert self.provider is not None
+            # Windows: cached writes reach the engine now; with a quiet period, any
+            # they bring make `check` answer NotQuiet, and the wait starts over
+            self.flush_live_drives(vols)
             with self._lock:
                 if self._stopping:
                     raise DaemonNotRunning("the vspfs daemon is shutting down")

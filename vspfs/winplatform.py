@@ -18,7 +18,7 @@ Sections:
   device names, the mapping of characters Windows forbids in names;
 * names: NTFS-like case-insensitive comparison, ordering and lookup;
 * drive letters: validation, "taken" letters (injectable), the first free
-  letter from V: down;
+  letter from V: down, flushing a live drive's cache (kernel32 injectable);
 * time and attributes: FILETIME <-> ns, FILE_ATTRIBUTE_* from ``st_mode``;
 * identity: volume serial numbers and 64-bit file index numbers;
 * security descriptors: a self-relative binary codec, an SDDL subset, the
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import ntpath
 import os
 import re
@@ -45,9 +46,12 @@ import sys
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from vspfs import portable_io
 from vspfs.errors import UsageError
+
+_log = logging.getLogger(__name__)
 
 # =============================================================================
 # paths
@@ -473,6 +477,85 @@ def first_free_letter(taken: Iterable[str] | Callable[[], Iterable[str]] | None 
         f"no free drive letter from {FIRST_AUTO_LETTER}: to {LAST_AUTO_LETTER}: "
         "unmount a virtual drive or give a letter"
     )
+
+
+#: CreateFileW arguments of :func:`flush_drive` (winnt.h, fileapi.h)
+GENERIC_WRITE = 0x40000000
+FILE_SHARE_READ = 0x1
+FILE_SHARE_WRITE = 0x2
+OPEN_EXISTING = 3
+#: what CreateFileW returns on failure: (HANDLE)-1, as ctypes reads a c_void_p
+INVALID_HANDLE_VALUE = (1 << (8 * struct.calcsize("P"))) - 1
+
+
+def _declare_flush_calls(kernel32: Any) -> None:
+    """The signatures of the three calls :func:`flush_drive` makes (Microsoft's fileapi.h,
+    handleapi.h): declared, so that ctypes converts each argument, and a 64-bit handle
+    is not cut to an int."""
+    from ctypes import wintypes
+
+    kernel32.CreateFileW.restype = wintypes.HANDLE
+    kernel32.CreateFileW.argtypes = [
+        wintypes.LPCWSTR,  # lpFileName
+        wintypes.DWORD,  # dwDesiredAccess
+        wintypes.DWORD,  # dwShareMode
+        wintypes.LPVOID,  # lpSecurityAttributes
+        wintypes.DWORD,  # dwCreationDisposition
+        wintypes.DWORD,  # dwFlagsAndAttributes
+        wintypes.HANDLE,  # hTemplateFile
+    ]
+    kernel32.FlushFileBuffers.restype = wintypes.BOOL
+    kernel32.FlushFileBuffers.argtypes = [wintypes.HANDLE]
+    kernel32.CloseHandle.restype = wintypes.BOOL
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+
+
+def flush_drive(
+    letter: str, *, kernel32: Any = None, get_last_error: Callable[[], int] | None = None
+) -> bool:
+    """Ask Windows to write out what its cache manager holds for drive ``letter``.
+
+    Before a snapshot set, the daemon calls this for each live drive
+    (docs/windows.md, "What the core still needs", item 6): WinFsp caches
+    file data, and a write an application made before the snapshot may
+    still be in the cache, reaching the engine only after the snapshot.
+    ``FlushFileBuffers`` on the volume handle ``\\\\.\\L:`` makes WinFsp's
+    driver flush every cached file of the drive (paging writes that arrive
+    through our Write callback) and then send a volume Flush; winfspy
+    answers that one with STATUS_UNEXPECTED_IO_ERROR (its ``ll_flush``
+    cannot take the NULL file context, see docs/windows.md's table), so
+    FlushFileBuffers reports an error even though the data is out: that
+    error is ignored. Anything else that fails (the volume cannot be
+    opened, for one because the account lacks a right to) is logged at
+    debug level: the flush narrows a window, it is not a guarantee, and a
+    snapshot must not fail for it.
+
+    Returns True when the flush was asked for (the drive was opened).
+    ``kernel32`` and ``get_last_error`` replace ctypes' (tests give fakes);
+    without them this does nothing but return False where Windows is not.
+    """
+    drive = parse_drive_letter(letter)
+    if kernel32 is None:
+        if sys.platform != "win32":
+            return False
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+        get_last_error = ctypes.get_last_error  # type: ignore[attr-defined]
+    last_error = get_last_error or (lambda: 0)
+    _declare_flush_calls(kernel32)
+    handle = kernel32.CreateFileW(
+        f"\\\\.\\{drive}", GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE, None, OPEN_EXISTING, 0, None
+    )
+    if handle is None or handle == INVALID_HANDLE_VALUE:
+        _log.debug("cannot open %s to flush it (Win32 error %d)", drive, last_error())
+        return False
+    try:
+        kernel32.FlushFileBuffers(handle)  # its error is winfspy's, after the flush: ignored
+    finally:
+        if not kernel32.CloseHandle(handle):
+            _log.debug("cannot close the handle of %s (Win32 error %d)", drive, last_error())
+    return True
 
 
 # =============================================================================
