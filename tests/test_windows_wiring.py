@@ -15,6 +15,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -414,3 +416,69 @@ def test_nothing_is_flushed_on_linux(
     monkeypatch.setattr(wp, "running_on_windows", lambda: True)
     d.flush_live_drives([vol])  # type: ignore[list-item]
     assert order == [("flush", "L:")]
+
+
+# -------------------------------------------- directories for WinFsp to create
+
+
+def test_a_drive_directory_is_left_for_winfsp_to_create(
+    capsys: pytest.CaptureFixture[str], letter_daemon: dict[str, Any]
+) -> None:
+    backend: FakeBackend = letter_daemon["backend"]
+    base = letter_daemon["dir"]
+    snap = _json(capsys, "snapshot", "create", "L:")["snapshots"][0]["id"]
+    target = os.path.join(base, "snap")
+    assert _json(capsys, "mount", snap, target)["mount"] == target
+    assert backend.drives == [target] and not os.path.lexists(target)  # WinFsp would make it
+    code, _, err = run(capsys, "mount", snap, target)
+    assert code == 8 and "already shows snapshot" in err
+    os.mkdir(os.path.join(base, "old"))
+    code, _, err = run(capsys, "mount", snap, os.path.join(base, "old"))
+    assert code == 2 and "WinFsp creates" in err
+    code, _, err = run(capsys, "mount", snap, os.path.join(base, "none", "x"))
+    assert code == 2 and "parent directory" in err
+    code, _, err = run(capsys, "mount", snap, os.path.join(letter_daemon["backing"], "x"))
+    assert code == 2 and "inside served volume" in err
+    os.mkdir(target)  # what WinFsp leaves after the unmount, if anything, the daemon removes
+    assert _json(capsys, "unmount", target)["unmounted"] == target
+    assert not os.path.lexists(target)
+
+
+def test_a_backup_job_on_windows_flushes_first_and_mounts_on_new_directories(
+    monkeypatch: pytest.MonkeyPatch, letter_daemon: dict[str, Any], order: list[tuple[str, str]]
+) -> None:
+    d: Daemon = letter_daemon["daemon"]
+    backend: FakeBackend = letter_daemon["backend"]
+    _record_holds(monkeypatch, d, order)
+    seen: list[bool] = []
+    mount_snapshot = backend.mount_snapshot
+
+    def mount(snapshot: object, mountpoint: str, **kw: Any) -> FakeHandle:
+        seen.append(os.path.lexists(mountpoint))  # the daemon must not have made it
+        return mount_snapshot(snapshot, mountpoint, **kw)
+
+    monkeypatch.setattr(backend, "mount_snapshot", mount)
+    args = {"job": "job-on-windows", "volumes": ["L:"], "busy_file_wait": 0, "busy_file_timeout": 5}
+    args.update(on_timeout="continue", on_error="abort")
+    reports: list[dict[str, Any]] = []
+    t = threading.Thread(target=lambda: reports.append(d.jobs.op_start(args)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                status = d.jobs.op_status({"job": args["job"]})
+            except UsageError:  # not registered yet
+                status = {}
+            if status.get("phase") in ("ready", "ended"):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        d.jobs.op_finish({"job": args["job"]})
+        t.join(10)
+    (vol,) = status["volumes"]
+    assert vol["source"] == "snapshot" and vol["drive"] == backend.drives[0]
+    assert seen == [False]
+    assert order == [("flush", "L:"), ("hold", letter_daemon["backing"])]
+    assert reports and reports[0]["ended_by"] == "finished"

@@ -1032,6 +1032,39 @@ class Daemon:
             )
         return winplatform.check_drive_letter(letter)
 
+    def _prepare_new_dir(self, path: str) -> str:
+        """Windows: check a directory for a virtual drive, which WinFsp will create; its path.
+
+        WinFsp mounts on a directory it creates itself, and refuses one that
+        exists (mount/winfsp.py), so unlike on Linux the daemon must not make
+        it: the parent must exist and the path must not (exit 2 otherwise;
+        8 if it is one of our drives). The caller records it as made by us,
+        so that whatever is left after the unmount is removed (rmdir only).
+        """
+        parent, name = os.path.split(os.path.abspath(path).rstrip("\\/"))
+        if not name or not os.path.isdir(parent):
+            raise UsageError(f"mount directory {path}: its parent directory {parent} does not exist")
+        real = os.path.join(_real(parent), name)
+        for drive in self._drives:
+            if drive.path == real:
+                raise MountError(
+                    f"{path} already shows snapshot {drive.snapshot_id}: "
+                    f"unmount it first (`vspfs unmount {path}`)"
+                )
+        for live in self._live:
+            for root in (live.volume.backing, live.mountpoint):
+                if _inside(real, root):
+                    raise UsageError(
+                        f"mount directory {path} lies inside served volume {live.mountpoint}: "
+                        "mount virtual drives outside every served volume"
+                    )
+        if os.path.lexists(real):
+            raise UsageError(
+                f"mount directory {path} exists: on Windows a virtual drive is mounted on a new "
+                "directory, which WinFsp creates; give a path that does not exist yet"
+            )
+        return real
+
     def _prepare_mount_dir(self, path: str | None) -> tuple[str, bool]:
         """Check (and create if missing) a virtual drive directory; (real path, created).
 
@@ -1039,10 +1072,14 @@ class Daemon:
         exit 2); a directory that cannot take a mount because something
         occupies it (a drive, another mount, files) is MountError (exit 8).
         A drive letter (or None: the first free one, Windows only) is
-        checked by :meth:`_prepare_drive_letter` and never created.
+        checked by :meth:`_prepare_drive_letter` and never created; on
+        Windows a directory is left for WinFsp to create
+        (:meth:`_prepare_new_dir`).
         """
         if path is None or winplatform.looks_like_drive_letter(path):
             return self._prepare_drive_letter(path), False
+        if on_windows():
+            return self._prepare_new_dir(path), True
         created = False
         try:
             if not os.path.lexists(path):
