@@ -9,8 +9,8 @@ The daemon owns the job (vspfs/jobs.py): this client starts it on a
 connection that stays open for the job's lifetime, follows its progress,
 runs the command, and ends the job. If this process dies, the daemon sees
 the connection close and cleans up by itself; if it is interrupted (Ctrl-C,
-SIGTERM, SIGHUP), it stops the command, ends the job properly and still
-prints the report.
+SIGTERM, SIGHUP; on Windows Ctrl-C, Ctrl-Break), it stops the command, ends
+the job properly and still prints the report.
 
 Exit status (docs/backup.md): the command's own on success, otherwise one
 of the 10-19 codes below, 128+N after signal N, or the usual CLI codes for
@@ -39,7 +39,7 @@ from typing import Any
 import click
 
 from vspfs import config as config_mod
-from vspfs import procs
+from vspfs import procs, winplatform
 from vspfs.errors import UsageError, VspError
 
 # Exit codes of `vspfs backup` (docs/backup.md, docs/cli.md).
@@ -52,8 +52,12 @@ EXIT_JOB_LOST = 15  # the daemon ended the job (it stopped, failed, or could not
 
 #: how often the client asks the daemon how the job is doing (seconds)
 POLL = 0.25
-#: after Ctrl-C, how long the command may take to stop by itself before SIGINT, SIGTERM, SIGKILL
+#: after Ctrl-C, how long the command may take to stop by itself before each step of
+#: STOP_STEPS (SIGINT, SIGTERM, SIGKILL; on Windows Ctrl-Break, Ctrl-Break, TerminateProcess)
 STOP_GRACE = (1.0, 10.0, 5.0)
+#: the ways of stopping the command, gentlest first (see :func:`stop_command`)
+INTERRUPT, TERMINATE, KILL = "interrupt", "terminate", "kill"
+STOP_STEPS = (INTERRUPT, TERMINATE, KILL)
 #: how long a status request may take
 STATUS_TIMEOUT = 15.0
 #: how long ending a job may take (unmounting, destroying, removing cache files)
@@ -61,7 +65,14 @@ FINISH_TIMEOUT = 180.0
 
 #: {drive}, {drive:VOLUME}, and their synonyms {path}, {path:VOLUME} (DESIGN.md names both)
 _DRIVE = re.compile(r"\{(drive|path)(?::([^{}]*))?\}")
-_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _interrupt_signals() -> tuple[int, ...]:
+    """The signals that interrupt a backup, those of them that exist here (Windows: SIGINT,
+    SIGTERM that nothing sends, and SIGBREAK for a console's Ctrl-Break)."""
+    return tuple(
+        getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, n)
+    )
 
 
 # ---------------------------------------------------------------- command line
@@ -514,9 +525,11 @@ class BackupRun:
         if first:
             self.signal = signum
         proc = self.proc
-        if proc is not None and proc.poll() is None and signum != signal.SIGINT:
+        if proc is not None and proc.poll() is None and signum != signal.SIGINT and not _windows():
             # A terminal's Ctrl-C reaches the command itself (same process group);
-            # a SIGTERM or SIGHUP sent to us alone is passed on.
+            # a SIGTERM or SIGHUP sent to us alone is passed on. On Windows a
+            # console's Ctrl-Break reaches the command too, and the stop steps
+            # (Ctrl-Break to its group) follow as for Ctrl-C.
             signal_tree(proc, signum)
 
     # -- the run
@@ -541,7 +554,7 @@ class BackupRun:
 
     def run(self) -> dict[str, Any]:
         """Run the job; the final report (with "exit_code" and "result")."""
-        previous = {s: signal.signal(s, self._on_signal) for s in _SIGNALS}
+        previous = {s: signal.signal(s, self._on_signal) for s in _interrupt_signals()}
         try:
             return self._run()
         finally:
@@ -599,13 +612,13 @@ class BackupRun:
         env = {**os.environ, "VSPFS_DRIVES": json.dumps(drives), "VSPFS_JOB": self.job_id}
         t0 = time.monotonic()
         try:
-            self.proc = subprocess.Popen(argv, env=env)
+            self.proc = subprocess.Popen(argv, env=env, creationflags=_creation_flags())
         except OSError as exc:
             result.error = f"{argv[0]}: {exc.strerror or exc}"
             return result, None
         lost: str | None = None
         invalid_seen = False
-        stop_at: list[tuple[float, int]] = []  # (when, signal) still to send to the command
+        stop_at: list[tuple[float, str]] = []  # (when, step of STOP_STEPS) still to take
         name = os.path.basename(argv[0])
         next_poll = 0.0
         while True:
@@ -616,15 +629,14 @@ class BackupRun:
                 pass
             now = time.monotonic()
             if self.signal is not None and not stop_at:
-                sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
-                stop_at = list(zip([now + d for d in _cumulative(STOP_GRACE)], sigs, strict=True))
+                stop_at = list(zip([now + d for d in _cumulative(STOP_GRACE)], STOP_STEPS, strict=True))
             if stop_at:
                 self._escalate(stop_at, now)
                 continue
             if not holder.is_alive() and lost is None:
                 lost = _why(holder.error) if holder.report is None else "the daemon ended the job"
                 self.progress.say(f"vspfs backup: error: {lost}: stopping the command")
-                stop_at = [(now, signal.SIGTERM), (now + STOP_GRACE[2], signal.SIGKILL)]
+                stop_at = [(now, TERMINATE), (now + STOP_GRACE[2], KILL)]
                 continue
             if now >= next_poll:
                 next_poll = now + POLL
@@ -640,7 +652,7 @@ class BackupRun:
                             f"vspfs backup: error: the snapshot of {v['volume']} became invalid "
                             f"({v.get('invalid_reason')}): stopping the command"
                         )
-                        stop_at = [(now, signal.SIGTERM), (now + STOP_GRACE[2], signal.SIGKILL)]
+                        stop_at = [(now, TERMINATE), (now + STOP_GRACE[2], KILL)]
                         continue
                 self.progress.show(progress_text(status, name, t0))
         result.returncode = rc
@@ -648,12 +660,12 @@ class BackupRun:
         self.proc = None
         return result, lost
 
-    def _escalate(self, stop_at: list[tuple[float, int]], now: float) -> None:
-        """Stop the command: send each signal of ``stop_at`` once its time has come."""
+    def _escalate(self, stop_at: list[tuple[float, str]], now: float) -> None:
+        """Stop the command: take each step of ``stop_at`` once its time has come."""
         proc = self.proc
         while proc is not None and stop_at and now >= stop_at[0][0]:
-            _when, sig = stop_at.pop(0)
-            signal_tree(proc, sig)
+            _when, step = stop_at.pop(0)
+            stop_command(proc, step)
 
     def _finish(self, holder: _Holder) -> dict[str, Any] | None:
         """End the job (if it still runs) and return its final report."""
@@ -702,6 +714,49 @@ _LOST = {
 }
 
 
+def _windows() -> bool:
+    return winplatform.running_on_windows()
+
+
+def _creation_flags() -> int:
+    """Windows: the command leads a process group of its own (CREATE_NEW_PROCESS_GROUP),
+    so that Ctrl-Break can be sent to it and whatever it started (see :func:`stop_command`).
+    A console's Ctrl-C then no longer reaches the command (Windows disables it in a new
+    group): the Ctrl-C reaches us, and stopping follows. 0 elsewhere."""
+    return getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200) if _windows() else 0
+
+
+def stop_command(proc: subprocess.Popen[bytes], step: str) -> None:
+    """Take one step of stopping the command and everything it started (STOP_STEPS).
+
+    POSIX: SIGINT, SIGTERM, SIGKILL to the tree (:func:`signal_tree`).
+    Windows has neither signals to send nor /proc to find the tree: the
+    gentle steps send Ctrl-Break to the command's process group (console
+    programs exit on it by default, and each process the command started
+    belongs to the group unless it made its own); the last one ends the
+    whole tree with ``taskkill /F /T`` (TerminateProcess on each process,
+    found by parent id), or, if that fails, TerminateProcess on the command.
+    """
+    if not _windows():
+        sig = signal.SIGINT if step == INTERRUPT else signal.SIGTERM if step == TERMINATE else signal.SIGKILL
+        signal_tree(proc, sig)
+        return
+    if step != KILL:
+        with contextlib.suppress(OSError):  # no console shared with it: the last step will do
+            proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]  # GenerateConsoleCtrlEvent
+        return
+    try:
+        done = subprocess.run(
+            ["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, timeout=30, check=False
+        )
+        if done.returncode == 0:
+            return
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    with contextlib.suppress(OSError):
+        proc.kill()
+
+
 def signal_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
     """Signal the command and every process it started.
 
@@ -709,6 +764,7 @@ def signal_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
     children, which would go on reading drives that are about to disappear.
     The command stays in our process group so that a terminal's Ctrl-C and
     its prompts (restic's password) keep working; the tree is found instead.
+    POSIX only (Windows: :func:`stop_command`).
     """
     below = procs.descendants(proc.pid)
     with contextlib.suppress(OSError):
@@ -758,7 +814,13 @@ def _group_settings(ctx: click.Context) -> _Globals:
 
 
 def _volume_arg(name: str) -> str:
-    """A VOLUME as sent to the daemon: a path made absolute, a bare name or id as is."""
+    """A VOLUME as sent to the daemon: a path made absolute, a bare name or id as is.
+
+    A drive letter (a live view on Windows) goes as "L:": made absolute it
+    would become the current directory of that drive (as in vspfs/cli.py).
+    """
+    if winplatform.looks_like_drive_letter(name):
+        return winplatform.parse_drive_letter(name)
     if "/" in name or os.path.exists(name) or name in (".", ".."):
         return os.path.abspath(os.path.expanduser(name))
     return name

@@ -11,6 +11,8 @@ Where (docs/backup.md, "Configuration file"):
 * system-wide ``/etc/vspfs/config.toml``;
 * per user ``$XDG_CONFIG_HOME/vspfs/config.toml`` (``~/.config/...``),
   which overrides the system file key by key;
+* on Windows ``%ProgramData%\\vspfs\\config.toml`` and
+  ``%APPDATA%\\vspfs\\config.toml`` instead;
 * ``--config FILE`` or ``$VSPFS_CONFIG`` replace both (an empty value means
   no file at all, which tests use to keep a machine's files out).
 
@@ -23,12 +25,14 @@ nobody chose.
 from __future__ import annotations
 
 import math
+import ntpath
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vspfs import winplatform
 from vspfs.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -152,7 +156,16 @@ SCHEMA: dict[str, Any] = {
 
 
 def default_paths() -> list[str]:
-    """The system file, then the per-user file (later ones override earlier ones)."""
+    """The system file, then the per-user file (later ones override earlier ones).
+
+    Not ``/etc`` on Windows: there it would name a directory of the current
+    drive, which any user may create (``C:\\etc``), and so plant a policy.
+    """
+    if winplatform.running_on_windows():
+        env = os.environ
+        system = env.get("ProgramData") or "C:\\ProgramData"  # Windows' environ ignores case
+        user = env.get("APPDATA") or ntpath.join(env.get("USERPROFILE") or "C:\\", "AppData", "Roaming")
+        return [ntpath.join(system, "vspfs", "config.toml"), ntpath.join(user, "vspfs", "config.toml")]
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return [SYSTEM_CONFIG, os.path.join(base, "vspfs", "config.toml")]
 

@@ -166,6 +166,21 @@ def _pipe_unavailable(channel: str) -> UsageError:
     )
 
 
+def _check_socket_usable(channel: str) -> None:
+    """UsageError for a socket path where Unix sockets and uids do not exist (Windows).
+
+    The socket's guards need both (the owner's uid, SO_PEERCRED); Python on
+    Windows has neither ``socket.AF_UNIX`` nor ``os.geteuid``. Asked of the
+    platform itself, not of ``running_on_windows``, which tests replace to
+    run Windows decisions over a real socket.
+    """
+    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "geteuid"):
+        raise UsageError(
+            f"{channel} is a socket path, and there are no Unix sockets here ({sys.platform}): "
+            "set VSPFS_SOCKET (or --socket) to a pipe name such as \\\\.\\pipe\\vspfs-NAME"
+        )
+
+
 # --------------------------------------------------------------------- framing
 
 
@@ -337,6 +352,8 @@ class ControlServer:
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self._pipe = is_pipe(socket_path)
+        if not self._pipe:
+            _check_socket_usable(socket_path)
         self.socket_path = normalize_channel(socket_path)
         self.key_path = key_path_for(self.socket_path)
         self._lock_path = self.socket_path + ".lock"
@@ -942,6 +959,7 @@ def request(
     if is_pipe(path):
         conn, key = _connect_pipe(path, timeout)
     else:
+        _check_socket_usable(path)
         conn, key = _connect_socket(path, timeout)
     try:
         payload = _encode({"key": key, "op": op, "args": {} if args is None else args})

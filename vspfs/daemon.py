@@ -18,7 +18,7 @@ Lifecycle, and why in this order:
    directory *before* the live view is mounted over it), remove stale
    leftovers of a daemon that died, warn about processes whose open files
    bypass the live view, then mount the live views;
-4. serve requests until SIGINT/SIGTERM/SIGHUP;
+4. serve requests until SIGINT/SIGTERM/SIGHUP (Windows: Ctrl-C, Ctrl-Break);
 5. tear down: unmount each virtual drive and destroy its snapshot, unmount
    the live views, close the provider (cache files and retained areas go),
    close the control channel. Snapshots are transient: nothing survives.
@@ -203,8 +203,12 @@ def mount_table() -> dict[str, tuple[str, str]]:
 
     The last entry for a path wins (it is the one on top). Empty where the
     file does not exist (not Linux): callers then only lose extra checks.
+    Empty on Windows, where "/proc" would name a directory of the current
+    drive and WinFsp drives are not FUSE mounts anyway.
     """
     table: dict[str, tuple[str, str]] = {}
+    if on_windows():
+        return table
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
@@ -228,7 +232,10 @@ def is_vspfs_mount(entry: tuple[str, str] | None) -> bool:
 
 
 def is_dead_mount(path: str) -> bool:
-    """True if ``path`` is a FUSE mount whose daemon is gone (ENOTCONN)."""
+    """True if ``path`` is a FUSE mount whose daemon is gone (ENOTCONN); never on Windows,
+    where WinFsp removes a dead process's drives and directories itself."""
+    if on_windows():
+        return False
     try:
         os.stat(path)
     except OSError as exc:
@@ -241,7 +248,8 @@ def detach_dead_mount(path: str) -> bool:
 
     auto_unmount normally removes the mount when a daemon dies; this is the
     fallback for a mount that outlived its daemon anyway (ENOTCONN on every
-    access). Only vspfs's own mounts are touched.
+    access). Only vspfs's own mounts are touched. Never on Windows (see
+    :func:`is_dead_mount`).
     """
     if not is_dead_mount(path) or not is_vspfs_mount(mount_table().get(path)):
         return False
@@ -274,8 +282,11 @@ def processes_holding(roots: Iterable[str], *, exclude_pid: int | None = None) -
     Their writes reach the backing filesystem directly and bypass the live
     view, so snapshots cannot protect them. Processes we may not inspect
     (other users', for a non-root daemon) are skipped: this is a warning
-    aid, not a guarantee.
+    aid, not a guarantee. Nothing on Windows, which has no /proc (its
+    open handles would need NtQuerySystemInformation: not done).
     """
+    if on_windows():
+        return {}
     roots = [_real(r) for r in roots]
     found: dict[str, dict[int, Holder]] = {r: {} for r in roots}
     me = os.getpid() if exclude_pid is None else exclude_pid
@@ -562,7 +573,7 @@ class Daemon:
         self._remove_leftovers(previous)
         self._warn_open_files()
         self._write_record()
-        if self._want_janitor:
+        if self._want_janitor and not on_windows():  # WinFsp removes a dead process's drives itself
             self._spawn_janitor()
 
         for live in self._live:
@@ -1548,9 +1559,17 @@ def _fuse_conf_allows_other() -> bool:
 
 # --------------------------------------------------------------------- serve
 
-_STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop the daemon, those of them that exist here.
+
+    Windows has no SIGHUP, and a console's Ctrl-Break arrives as SIGBREAK
+    (SIGTERM can be handled there, but nothing sends it: ``os.kill(pid,
+    SIGTERM)`` is TerminateProcess, which no handler sees).
+    """
+    return tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+    )
 
 
 def serve(
@@ -1563,7 +1582,7 @@ def serve(
     backend: MountBackend | None = None,
     exclude_volumes: Iterable[str] = (),
 ) -> int:
-    """Run a daemon in the foreground until SIGINT/SIGTERM/SIGHUP; return the exit code.
+    """Run a daemon in the foreground until SIGINT/SIGTERM/SIGHUP (or SIGBREAK); return the exit code.
 
     Signal handlers are installed before anything is mounted: libfuse only
     installs its own handlers where the disposition is still the default, so
@@ -1585,7 +1604,7 @@ def serve(
         daemon.request_stop(signal.Signals(signum).name)
 
     previous: dict[int, Any] = {}
-    for sig in _STOP_SIGNALS:
+    for sig in stop_signals():
         if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
             continue  # started under nohup: a hangup must not stop the daemon
         previous[sig] = signal.signal(sig, on_signal)
@@ -1639,8 +1658,11 @@ def janitor(pid: int, record: str, *, grace: float = 2.0) -> int:
     A clean shutdown removes the record, so there is nothing to do; a new
     daemon that rewrote the record owns the mounts in it now. Cache files
     and retained areas are left to `vspfs cleanup` or the next `serve`,
-    which check their locks.
+    which check their locks. Never started on Windows (nothing to detach:
+    WinFsp removes a dead process's drives), and a no-op there.
     """
+    if on_windows():
+        return 0
     _wait_for_exit(pid)
     try:
         with open(record, encoding="utf-8") as f:
@@ -1662,7 +1684,7 @@ def janitor(pid: int, record: str, *, grace: float = 2.0) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "janitor":
-        for _sig in _STOP_SIGNALS:  # it must outlive a signal meant for the daemon
+        for _sig in stop_signals():  # it must outlive a signal meant for the daemon
             signal.signal(_sig, signal.SIG_IGN)
         sys.exit(janitor(int(sys.argv[2]), sys.argv[3]))
     print("usage: python -m vspfs.daemon janitor PID RECORD (started by `vspfs serve`)", file=sys.stderr)

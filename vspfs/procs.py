@@ -2,17 +2,23 @@
 
 Two places need it: a backup job stops everything its command started (a
 shell does not pass signals on), and the FUSE adapter finds the fusermount3
-helper it must reap after an unmount.
+helper it must reap after an unmount. On Windows, where "/proc" would be a
+directory of the current drive, nothing is read: `vspfs backup` stops a
+command's tree another way there (vspfs/backup.py, ``stop_command``).
 """
 
 from __future__ import annotations
 
 import os
 
+from vspfs import winplatform
+
 
 def parents() -> dict[int, list[int]]:
     """For every parent pid, its children's pids (a snapshot of the moment)."""
     out: dict[int, list[int]] = {}
+    if winplatform.running_on_windows():
+        return out
     try:
         names = os.listdir("/proc")
     except OSError:
@@ -47,7 +53,9 @@ def descendants(pid: int) -> list[int]:
 
 
 def argv(pid: int) -> list[bytes]:
-    """The command line of ``pid`` ([] once it has exited or become a zombie)."""
+    """The command line of ``pid`` ([] once it has exited or become a zombie, and on Windows)."""
+    if winplatform.running_on_windows():
+        return []
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return [a for a in f.read().split(b"\0") if a]
