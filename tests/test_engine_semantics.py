@@ -234,6 +234,21 @@ def test_write_only_and_append_handles_preserve(env: Env) -> None:
     assert snap_bytes(snap, "/ap") == pattern(20, 2)
 
 
+def test_write_only_handle_of_a_file_unlinked_before_the_snapshot(env: Env) -> None:
+    """A file with no name at snapshot time is in no snapshot: writes through
+    a write-only handle still open on it go on. (The by-path binding cannot
+    reopen a nameless file for reading: it must see there is nothing to
+    preserve rather than fail the write.)"""
+    put(env.vol, "/gone", pattern(64, 3))
+    fh = env.vol.open("/gone", os.O_WRONLY)
+    env.vol.unlink("/gone")
+    snap = env.snapshot()
+    assert env.vol.write(fh, b"still writing", 5) == 13
+    env.vol.truncate("/gone", 10, fh=fh)
+    env.vol.release(fh)
+    assert [name for name, _ino, _type in snap.readdir("/")] == []
+
+
 def test_handle_opened_before_snapshot_and_file_unlinked(env: Env) -> None:
     """A handle opened before the snapshot writes into a file the live view
     has since unlinked: the snapshot still shows the original bytes."""

@@ -299,12 +299,22 @@ def _database_tree(root: str) -> list[str]:
     return ["pg/base/1/1234", "app.db"]
 
 
-def test_live_databases_are_found_through_the_backing_path_on_windows(
+def test_live_databases_are_found_through_the_by_path_calls_on_windows(
     win: types.SimpleNamespace, tmp_path: Path
 ) -> None:
+    """On Windows the volume's directory handle is used through hostfs's
+    by-path binding (no dir_fd): bound here over Linux's primitives."""
+    from vspfs import hostfs
+
     opened = _database_tree(str(tmp_path))
-    vol = types.SimpleNamespace(backing=str(tmp_path))  # no root_fd: Windows has no dir_fd
-    found = [(h.kind, h.path) for h in jobs._databases(vol, opened)]  # type: ignore[arg-type]
+    previous = hostfs.use(hostfs.linux_path_calls())
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        vol = types.SimpleNamespace(backing="/nonexistent", root_fd=fd)
+        found = [(h.kind, h.path) for h in jobs._databases(vol, opened)]  # type: ignore[arg-type]
+    finally:
+        os.close(fd)
+        hostfs.use(previous)
     assert found == [("SQLite", "app.db"), ("PostgreSQL", "pg")]
 
 

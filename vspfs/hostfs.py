@@ -318,7 +318,8 @@ class PathCalls:
         return self._on(dir_fd, name, lambda path: self._open_file(path, flags, mode))
 
     def reopen(self, fd: int, flags: int) -> int:
-        return self._open_file(self._path(fd), flags & ~O_NOFOLLOW, 0o777)
+        """By the file's current name (FileNotFoundError when it has none)."""
+        return self._on(fd, "", lambda path: self._open_file(path, flags & ~O_NOFOLLOW, 0o777))
 
     def lstat_at(self, dir_fd: int, name: str) -> os.stat_result:
         return self._on(dir_fd, name, lambda path: os.stat(path, follow_symlinks=False))

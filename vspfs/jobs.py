@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vspfs import winplatform
+from vspfs import hostfs
 from vspfs.control import client_gone
 from vspfs.databases import DatabaseHint, detect
 from vspfs.errors import DaemonNotRunning, QuietPeriodTimeout, UsageError, VspError
@@ -603,43 +603,26 @@ def remove_stale_job_dirs(jobs_dir: str) -> list[str]:
     return removed
 
 
-def _open_flags(*names: str) -> int:
-    """``os.O_*`` flags by name, or'ed; a flag this platform lacks counts as 0."""
-    flags = 0
-    for name in names:
-        flags |= getattr(os, name, 0)
-    return flags
-
-
 def _databases(vol: Volume, open_paths: list[str]) -> list[DatabaseHint]:
-    """Live databases among ``open_paths``, looked at through the backing directory.
-
-    On Linux through the volume's directory fd (the live view may be mounted
-    over the backing directory's path); Windows has no ``dir_fd`` and no
-    over-mount, so there the backing path itself is used.
-    """
-    if winplatform.running_on_windows():
-        base, dir_fd = vol.backing, None
-    else:
-        base, dir_fd = "", vol.root_fd
-    # never through a symlink, never blocking on a FIFO; the flags Windows lacks are 0
-    # there (no FIFOs in its directories, handles not inherited unless asked), and
-    # O_BINARY exists only there
-    flags = _open_flags("O_RDONLY", "O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC", "O_BINARY")
+    """Live databases among ``open_paths``, looked at through the volume's
+    directory handle (``vspfs.hostfs``: the live view may be mounted over the
+    backing directory's path)."""
+    # never through a symlink, never blocking on a FIFO
+    flags = os.O_RDONLY | hostfs.O_NOFOLLOW | hostfs.O_NONBLOCK | hostfs.O_CLOEXEC
 
     def exists(rel: str) -> bool:
         try:
-            os.stat(os.path.join(base, rel or "."), dir_fd=dir_fd, follow_symlinks=False)
+            hostfs.lstat_at(vol.root_fd, rel or ".")
         except (OSError, ValueError):
             return False
         return True
 
     def head(rel: str) -> bytes:
-        fd = os.open(os.path.join(base, rel), flags, dir_fd=dir_fd)
+        fd = hostfs.open_at(vol.root_fd, rel, flags)
         try:
-            if not statmod.S_ISREG(os.fstat(fd).st_mode):
+            if not statmod.S_ISREG(hostfs.fstat(fd).st_mode):
                 return b""
-            return os.read(fd, 16)  # just opened: at offset 0 (Windows has no os.pread)
+            return hostfs.pread(fd, 16, 0)
         finally:
             os.close(fd)
 

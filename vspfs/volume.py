@@ -437,13 +437,24 @@ class Volume:
         )
         return fd
 
-    def _reader(self, of: OpenFile) -> int:
+    def _reader(self, of: OpenFile) -> int | None:
         """A read-only fd on an open file, for copying its original chunks even
-        when the application opened it write-only (or it was unlinked)."""
+        when the application opened it write-only (or it was unlinked).
+
+        None where the host filesystem can reopen a file only by name
+        (``hostfs.REOPENS_ANY_FD`` False) and this one has none left: then
+        no snapshot can show it (a file a snapshot shows keeps a name, in
+        the retained area if need be), so there is nothing to preserve."""
         if of.read_fd < 0:
-            if of.readable and not hostfs.REOPENS_ANY_FD:
+            if hostfs.REOPENS_ANY_FD:
+                of.read_fd = hostfs.reopen_quietly(of.fd, os.O_RDONLY | hostfs.O_CLOEXEC)
+            elif of.readable:
                 return of.fd
-            of.read_fd = hostfs.reopen_quietly(of.fd, os.O_RDONLY | hostfs.O_CLOEXEC)
+            else:
+                try:
+                    of.read_fd = hostfs.reopen_quietly(of.fd, os.O_RDONLY | hostfs.O_CLOEXEC)
+                except FileNotFoundError:
+                    return None
         return of.read_fd
 
     @staticmethod
@@ -493,10 +504,13 @@ class Volume:
     def _wanting(self, snaps: list[Snapshot], ino: int) -> list[Snapshot]:
         return [s for s in snaps if s.wants(ino)]
 
-    def _preserve_fd(self, snaps: list[Snapshot], ino: int, fd: int, start: int = 0, end: int = 0) -> None:
-        """Preserve metadata of an open inode and its chunks in [start, end)."""
+    def _preserve_fd(
+        self, snaps: list[Snapshot], ino: int, fd: int | None, start: int = 0, end: int = 0
+    ) -> None:
+        """Preserve metadata of an open inode and its chunks in [start, end)
+        (nothing for ``fd`` None: see ``_reader``)."""
         wanting = self._wanting(snaps, ino)
-        if not wanting:
+        if not wanting or fd is None:
             return
         with self._stripe(ino):
             cow.preserve_meta(
