@@ -9,9 +9,10 @@ replaced, in the modules under test, by views that hold only what Windows'
 Python has: a POSIX-only name used on a Windows path then fails here with
 AttributeError (or NotImplementedError for ``dir_fd``), as it would crash
 there, and reading /proc fails the test. The engine (Volume, Snapshot,
-provider) keeps the real modules: its Windows port is separate work. The
-control socket keeps them too (the tests talk to the daemon through it;
-the pipe's branch is tests/test_winpipe.py's).
+provider) runs over hostfs's by-path calls with Windows' os in its
+modules (the last test). The control socket keeps the real modules (the
+tests talk to the daemon through it; the pipe's branch is
+tests/test_winpipe.py's).
 """
 
 from __future__ import annotations
@@ -86,11 +87,13 @@ class WindowsOs(types.ModuleType):
         if name in POSIX_ONLY_OS:
             raise AttributeError(f"module 'os' has no attribute {name!r} (not on Windows)")
         real = getattr(os, name)
-        if name in _DIR_FD_FUNCTIONS or name == "listdir":
+        if name in _DIR_FD_FUNCTIONS or name in ("listdir", "scandir"):
 
             def call(*args: Any, **kwargs: Any) -> Any:
                 if kwargs.get("dir_fd") is not None:
                     raise NotImplementedError("dir_fd unavailable on this platform")
+                if name in ("listdir", "scandir") and args and isinstance(args[0], int):
+                    raise TypeError(f"{name}: path should be string, bytes or os.PathLike, not int")
                 if args:
                     _no_proc(args[0])
                 return real(*args, **kwargs)
@@ -446,3 +449,90 @@ def test_backup_run_on_windows_handles_ctrl_c_and_ctrl_break(
     code, verdict = backup.outcome(None, None, interrupted=run.signal)
     assert code == 128 + 21 and "SIGBREAK" in verdict
     assert backup._volume_arg("l:") == "L:"  # a live drive, not the current directory of L:
+
+
+# ------------------------------------------------------------------- engine
+
+
+@pytest.fixture
+def win_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The engine as it runs on Windows: hostfs's by-path calls (with Linux's
+    answers to their three primitives, made with the real os), and Windows'
+    os in the engine modules and in the by-path code itself."""
+    from vspfs import cow, fdcache, hostfs, provider, retained, snapshot, volume
+
+    real = os
+
+    def open_file(path: str, flags: int, mode: int) -> int:
+        return real.open(path, flags | real.O_CLOEXEC, mode)
+
+    def open_directory(path: str) -> int:
+        return real.open(path, real.O_RDONLY | real.O_DIRECTORY | real.O_NOFOLLOW | real.O_CLOEXEC)
+
+    def rename(old: str, new: str, replace: bool) -> None:
+        if not replace and real.path.lexists(new):
+            raise FileExistsError(17, "File exists", old)
+        real.rename(old, new)
+
+    calls = hostfs.PathCalls(
+        access_path=lambda fd: real.readlink(f"/proc/self/fd/{fd}"),
+        open_file=open_file,
+        open_directory=open_directory,
+        rename=rename,
+        sep="/",
+    )
+    previous = hostfs.use(calls)
+    fake_os = WindowsOs()
+    for mod in (volume, snapshot, retained, cow, provider, fdcache, hostfs):
+        if hasattr(mod, "os"):
+            monkeypatch.setattr(mod, "os", fake_os)
+    monkeypatch.setattr(volume, "_IS_ROOT", False)  # Windows has no uid 0
+    try:
+        yield
+    finally:
+        hostfs.use(previous)
+
+
+def test_the_engine_runs_on_windows_os(win_engine: None, tmp_path: Path) -> None:
+    """A snapshot's whole life through the engine with only what Windows'
+    Python has: writes, truncation, unlink, rename over, moves of files and
+    directories, rmdir, reads of the past, the list of changes, destroy."""
+    from vspfs.provider import Provider
+
+    backing = tmp_path / "vol"
+    (backing / "d" / "sub").mkdir(parents=True)
+    (backing / "d" / "f").write_bytes(b"f" * 10000)
+    (backing / "g").write_bytes(b"g" * 5000)
+    (backing / "h").write_bytes(b"h")
+    (tmp_path / "state").mkdir()
+    prov = Provider(str(tmp_path / "state"))
+    try:
+        vol = prov.add_volume(str(backing), chunk_size=4096)
+        [snap] = prov.create_snapshot_set([vol])
+        fh = vol.open("/d/f", os.O_RDWR)
+        vol.write(fh, b"NEW", 4096)
+        vol.truncate("/d/f", 5000, fh=fh)
+        vol.release(fh)
+        vol.rename("/g", "/h")  # over another file
+        vol.rename("/d/sub", "/moved")  # a directory moves
+        vol.unlink("/d/f")
+        vol.rmdir("/moved")
+        vol.mkdir("/new", 0o755)
+        assert sorted(n for n, _i, _t in snap.readdir("/")) == ["d", "g", "h"]
+        assert sorted(n for n, _i, _t in snap.readdir("/d")) == ["f", "sub"]
+        for path, data in (("/d/f", b"f" * 10000), ("/g", b"g" * 5000), ("/h", b"h")):
+            sfh = snap.open(path)
+            try:
+                assert snap.read(sfh, 20000, 0) == data
+            finally:
+                snap.release(sfh)
+        assert snap.changes() == {
+            "created": ["new"],
+            "modified": [],
+            "deleted": ["d/f", "d/sub"],
+            "renamed": [("g", "h")],
+        }
+        prov.destroy(snap)
+        assert sorted(vol.readdir("/")) == ["d", "h", "new"]
+    finally:
+        prov.close()
