@@ -234,6 +234,22 @@ def test_write_only_and_append_handles_preserve(env: Env) -> None:
     assert snap_bytes(snap, "/ap") == pattern(20, 2)
 
 
+def test_directory_renamed_over_an_empty_directory(env: Env) -> None:
+    """The replaced directory is deleted by the rename; the snapshot still
+    shows it (empty) and the moved one under its old name."""
+    env.vol.mkdir("/a", 0o755)
+    put(env.vol, "/a/f", b"x")
+    env.vol.mkdir("/c", 0o700)
+    snap = env.snapshot()
+    c_ino = snap.getattr("/c").ino
+    env.vol.rename("/a", "/c")
+    assert sorted(n for n, _i, _t in snap.readdir("/")) == ["a", "c"]
+    assert snap.readdir("/c") == []
+    assert snap.getattr("/c").ino == c_ino
+    assert statmod.S_IMODE(snap.getattr("/c").mode) == 0o700
+    assert [n for n, _i, _t in snap.readdir("/a")] == ["f"]
+
+
 def test_write_only_handle_of_a_file_unlinked_before_the_snapshot(env: Env) -> None:
     """A file with no name at snapshot time is in no snapshot: writes through
     a write-only handle still open on it go on. (The by-path binding cannot

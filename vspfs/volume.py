@@ -906,8 +906,20 @@ class Volume:
                 self._retain(snaps, opfd, oname, sst)
                 if tst is not None and tst.st_ino != sst.st_ino:
                     self._preserve_at(snaps, npfd, nname)
+                    if statmod.S_ISDIR(tst.st_mode) and not flags & RENAME_EXCHANGE:
+                        self._preserve_replaced_dir(snaps, npfd, nname)
                     self._retain(snaps, npfd, nname, tst)
             hostfs.rename_at(opfd, oname, npfd, nname, flags)
+
+    def _preserve_replaced_dir(self, snaps: list[Snapshot], dir_fd: int, name: str) -> None:
+        """A directory renamed over is deleted: keep its (empty) listing, so
+        that no snapshot ever needs to read it again. A held fd could still
+        list it on POSIX; a host filesystem reached by path cannot."""
+        fd = hostfs.open_dir_at(dir_fd, name)
+        try:
+            self._preserve_dir(snaps, fd)
+        finally:
+            os.close(fd)
 
     # -- metadata ----------------------------------------------------------------
 
