@@ -1056,6 +1056,17 @@ class Daemon:
         if not name or not os.path.isdir(parent):
             raise UsageError(f"mount directory {path}: its parent directory {parent} does not exist")
         real = os.path.join(_real(parent), name)
+        self._refuse_taken_mount_dir(path, real)
+        if os.path.lexists(real):
+            raise UsageError(
+                f"mount directory {path} exists: on Windows a virtual drive is mounted on a new "
+                "directory, which WinFsp creates; give a path that does not exist yet"
+            )
+        return real
+
+    def _refuse_taken_mount_dir(self, path: str, real: str) -> None:
+        """A directory that already shows one of our drives (MountError), or
+        lies inside a served volume (UsageError), cannot take a drive."""
         for drive in self._drives:
             if drive.path == real:
                 raise MountError(
@@ -1069,12 +1080,6 @@ class Daemon:
                         f"mount directory {path} lies inside served volume {live.mountpoint}: "
                         "mount virtual drives outside every served volume"
                     )
-        if os.path.lexists(real):
-            raise UsageError(
-                f"mount directory {path} exists: on Windows a virtual drive is mounted on a new "
-                "directory, which WinFsp creates; give a path that does not exist yet"
-            )
-        return real
 
     def _prepare_mount_dir(self, path: str | None) -> tuple[str, bool]:
         """Check (and create if missing) a virtual drive directory; (real path, created).
@@ -1102,19 +1107,7 @@ class Daemon:
             real = _real(path)
             if not os.path.isdir(real):
                 raise UsageError(f"mount directory {path} is not a directory")
-            for drive in self._drives:
-                if drive.path == real:
-                    raise MountError(
-                        f"{path} already shows snapshot {drive.snapshot_id}: "
-                        f"unmount it first (`vspfs unmount {path}`)"
-                    )
-            for live in self._live:
-                for root in (live.volume.backing, live.mountpoint):
-                    if _inside(real, root):
-                        raise UsageError(
-                            f"mount directory {path} lies inside served volume {live.mountpoint}: "
-                            "mount virtual drives outside every served volume"
-                        )
+            self._refuse_taken_mount_dir(path, real)
             if os.path.ismount(real):
                 raise MountError(f"mount directory {path} is already a mount point: choose another directory")
             if not created and os.listdir(real):

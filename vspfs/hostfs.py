@@ -567,8 +567,6 @@ pread = pio.pread
 pwrite = pio.pwrite
 fsync = pio.fsync
 fdatasync = pio.fdatasync
-fchmod = getattr(os, "fchmod", None)
-fchown = getattr(os, "fchown", None)
 
 # the POSIX binding, rebound by use()
 location = _posix_location
