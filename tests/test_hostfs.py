@@ -272,3 +272,59 @@ def test_windows_binding_serves_the_security_descriptor_as_an_xattr() -> None:
 def test_windows_binding_statvfs_from_disk_usage() -> None:
     st = hostfs.windows_path_calls(FakeWin32()).statvfs(3)
     assert (st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail) == (4096, 100, 40, 30)
+
+
+# -- moved directories reopened by file id (the Windows way) ------------------------------------
+
+
+def test_moved_directories_are_reopened_by_file_id(tmp_path: Path) -> None:
+    """With ``open_by_id`` (Windows: OpenFileById) the retained area holds no
+    fd on a moved directory; a snapshot reopens it by id when it needs it.
+    Linux has no unprivileged open by inode number, so the stand-in finds
+    the inode by walking the volume."""
+    from vspfs.provider import Provider
+
+    backing = tmp_path / "vol"
+    (backing / "d" / "inner").mkdir(parents=True)
+    (backing / "d" / "inner" / "f").write_bytes(b"past")
+    (tmp_path / "state").mkdir()
+    base = hostfs.linux_path_calls()
+    opened: list[int] = []
+
+    def open_by_id(any_fd: int, file_id: int) -> int:
+        opened.append(file_id)
+        for root, dirs, _files in os.walk(backing):
+            for name in dirs:
+                path = os.path.join(root, name)
+                if os.lstat(path).st_ino == file_id:
+                    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        raise FileNotFoundError(errno.ENOENT, "no such file id", str(file_id))
+
+    calls = hostfs.PathCalls(
+        access_path=hostfs._posix_location,
+        open_file=base._open_file,
+        open_directory=base._open_directory,
+        rename=base._rename,
+        sep="/",
+        open_by_id=open_by_id,
+    )
+    previous = hostfs.use(calls)
+    prov = Provider(str(tmp_path / "state"))
+    try:
+        vol = prov.add_volume(str(backing), chunk_size=4096)
+        [snap] = prov.create_snapshot_set([vol])
+        inner_ino = snap.getattr("/d/inner").ino
+        vol.mkdir("/elsewhere", 0o755)
+        vol.rename("/d/inner", "/elsewhere/moved")  # kept by id, not by an open fd
+        vol.rename("/elsewhere", "/renamed")  # and its new parent moves too
+        fh = snap.open("/d/inner/f")
+        try:
+            assert snap.read(fh, 100, 0) == b"past"
+        finally:
+            snap.release(fh)
+        assert [n for n, _i, _t in snap.readdir("/d/inner")] == ["f"]
+        assert inner_ino in opened
+        prov.destroy(snap)
+    finally:
+        prov.close()
+        hostfs.use(previous)
