@@ -1,9 +1,11 @@
 """The retained area: how deleted, replaced and moved objects stay reachable.
 
 A snapshot never copies a file that the live view deletes or replaces: the
-inode is kept alive by a hard link ``<RETAINED_DIR_NAME>/<ino>`` at the root
-of its volume (same filesystem, O(1)). Non-directories that are *moved* get
-the same link, so a snapshot can find them by identity wherever they went.
+inode is kept alive under the name ``<RETAINED_DIR_NAME>/<ino>`` at the root
+of its volume (same filesystem, O(1)). A file being unlinked is *renamed*
+there (one atomic step that needs no hard links); a file that is replaced
+or moved gets a hard link there, so a snapshot can find it by identity
+wherever it went.
 Directories cannot be hard-linked: the volume holds an open fd to each moved
 directory (an fd follows its directory), and a removed directory is renamed
 into the area instead of being deleted, so its inode is never reused while a
