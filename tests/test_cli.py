@@ -121,6 +121,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ["list", "--no-such-option"],
         ["snapshot", "create", "x", "--policy", "never"],
         ["--timeout", "0", "list"],
+        ["--timeout", "inf", "list"],
+        ["snapshot", "create", "x", "--busy-file-wait", "1e400"],  # infinity: not JSON (found by the fuzzer)
+        ["snapshot", "create", "x", "--busy-file-timeout", "nan"],
         ["status", "a", "b"],
     ],
     ids=lambda a: " ".join(a),

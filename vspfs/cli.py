@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import traceback
@@ -58,6 +59,21 @@ DEFAULT_TIMEOUT = 120.0
 _NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds: click's FloatRange lets "1e400" through
+    as infinity, which the control channel's JSON cannot carry."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
+
+
 _debug = False
 
 
@@ -214,7 +230,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(min=0.1),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
@@ -412,14 +428,14 @@ def snapshot() -> None:
 )
 @click.option(
     "--busy-file-wait",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0),
     default=0.0,
     metavar="SECONDS",
     help="First wait until the volumes have had no write for SECONDS [default 0: at once].",
 )
 @click.option(
     "--busy-file-timeout",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0),
     metavar="SECONDS",
     help="Longest wait for that quiet period; then exit 12 [default 300, config backup.busy_file_timeout].",
 )
