@@ -12,8 +12,8 @@ mandatory byte locks, LockFileEx takes a real per-handle byte-range lock
 Windows locks do)). With it, the cache file's own tests run once more
 through the Windows branch (``test_cachefile_over_win32_*`` below). The
 host filesystem primitives (directory fds, their current path, opening by
-file id, rename on a handle, attributes, and security descriptors over a
-fake advapi32) run over the same fake, which keeps to what Windows does:
+file id, rename on a handle, attributes and creation times, and security
+descriptors over a fake advapi32) run over the same fake, which keeps to what Windows does:
 a directory needs FILE_FLAG_BACKUP_SEMANTICS, a rename needs DELETE access,
 an unknown file id answers ERROR_INVALID_PARAMETER.
 """
@@ -195,6 +195,7 @@ class FakeKernel32(_FakeDll):
         self.last_error = 0
         self.fail: dict[str, int] = {}  # function name -> Win32 error to fail with
         self.attributes: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> attributes set
+        self.creation_times: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> FILETIME set
         self.final_names: dict[int, str] = {}  # handle -> what GetFinalPathNameByHandleW answers
         self.volume: str | None = None  # where OpenFileById looks (default: the hint's directory)
         self.renames: list[tuple[int, bytes]] = []  # (class, FILE_RENAME_INFO as it was when called)
@@ -433,6 +434,16 @@ class FakeKernel32(_FakeDll):
             attributes |= pio.FILE_ATTRIBUTE_DIRECTORY
         return attributes or pio.FILE_ATTRIBUTE_NORMAL
 
+    def do_SetFileTime(self, handle: int, creation: Any, access: Any, write: Any) -> int:
+        """Only what vspfs asks: a creation time, the other two NULL (unchanged)."""
+        assert access is None and write is None
+        if not self.access[handle] & pio.FILE_WRITE_ATTRIBUTES:
+            return int(self._error(pio.ERROR_ACCESS_DENIED))  # type: ignore[arg-type]  # documented
+        ft = creation._obj
+        st = os.fstat(self.handles[handle])
+        self.creation_times[(st.st_dev, st.st_ino)] = int(ft.dwLowDateTime) | int(ft.dwHighDateTime) << 32
+        return 1
+
     def do_SetFileAttributesW(self, path: str, attributes: int) -> int:
         assert not (attributes & pio.FILE_ATTRIBUTE_NORMAL and attributes != pio.FILE_ATTRIBUTE_NORMAL)
         try:
@@ -591,6 +602,7 @@ def test_every_win32_function_has_the_documented_arity(win: pio.Win32Files) -> N
         "OpenFileById": 6,
         "GetFileAttributesW": 1,
         "SetFileAttributesW": 2,
+        "SetFileTime": 4,
     }.items():
         assert len(functions[name].argtypes or ()) == count, name
     for name, count in {"GetFileSecurityW": 5, "SetFileSecurityW": 3}.items():
@@ -613,6 +625,9 @@ def test_every_win32_function_has_the_documented_arity(win: pio.Win32Files) -> N
     ]
     assert ctypes.sizeof(win.LARGE_INTEGER) == 8  # FILE_ALLOCATION_INFO, FILE_END_OF_FILE_INFO
     assert [f[0] for f in win.FILE_ATTRIBUTE_TAG_INFO._fields_] == ["FileAttributes", "ReparseTag"]
+    # FILETIME: dwLowDateTime, dwHighDateTime, one DWORD each (SetFileTime's three pointers)
+    assert [f[0] for f in win.FILETIME._fields_] == ["dwLowDateTime", "dwHighDateTime"]
+    assert ctypes.sizeof(win.FILETIME) == 8 and win.FILETIME.dwHighDateTime.offset == 4
 
 
 def test_documented_constants() -> None:
@@ -647,6 +662,11 @@ def test_documented_constants() -> None:
         0x10,
     )
     assert pio.INVALID_FILE_ATTRIBUTES == 0xFFFFFFFF
+    # SetFileAttributesW's list (NORMAL aside), ntfs-3g's FILE_ATTR_SETTABLE
+    assert (pio.FILE_ATTRIBUTE_ARCHIVE, pio.FILE_ATTRIBUTE_TEMPORARY) == (0x20, 0x100)
+    assert (pio.FILE_ATTRIBUTE_OFFLINE, pio.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED) == (0x1000, 0x2000)
+    assert pio.SETTABLE_ATTRIBUTES == wp.SETTABLE_FILE_ATTRIBUTES == 0x3127
+    assert pio.FILE_WRITE_ATTRIBUTES == 0x100
     assert (pio.FILE_RENAME_INFO_CLASS, pio.FILE_RENAME_INFO_EX_CLASS) == (3, 22)
     assert (pio.FILE_RENAME_FLAG_REPLACE_IF_EXISTS, pio.FILE_RENAME_FLAG_POSIX_SEMANTICS) == (1, 2)
     assert (pio.FILE_NAME_NORMALIZED, pio.VOLUME_NAME_DOS) == (0, 0)
@@ -1226,6 +1246,77 @@ def test_win_set_hidden_system(tmp_path: Path, win: pio.Win32Files) -> None:
     assert [args for name, args in k.calls if name == "SetFileAttributesW"][-1][1] == 6
     with pytest.raises(FileNotFoundError):
         win.set_hidden_system(str(tmp_path / "missing"))
+
+
+def test_win_set_attributes(tmp_path: Path, win: pio.Win32Files) -> None:
+    """Only SetFileAttributesW's settable bits are passed; none of them is
+    FILE_ATTRIBUTE_NORMAL; states it cannot set are left out, not refused."""
+    k = _k(win)
+    f = tmp_path / "f"
+    f.write_text("f")
+    hidden_system = pio.FILE_ATTRIBUTE_HIDDEN | pio.FILE_ATTRIBUTE_SYSTEM
+    states = pio.FILE_ATTRIBUTE_DIRECTORY | pio.FILE_ATTRIBUTE_REPARSE_POINT | 0x200 | 0x800 | 0x4000
+    win.set_attributes(str(f), hidden_system | pio.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED | states)
+    win.set_attributes(str(f), pio.FILE_ATTRIBUTE_NORMAL)  # nothing settable: all cleared
+    win.set_attributes(str(f), pio.SETTABLE_ATTRIBUTES)
+    sets = [args for name, args in k.calls if name == "SetFileAttributesW"]
+    assert sets == [
+        (str(f), hidden_system | pio.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED),
+        (str(f), pio.FILE_ATTRIBUTE_NORMAL),
+        (str(f), 0x3127),
+    ]
+    assert k.do_GetFileAttributesW(str(f)) == 0x3127
+    with pytest.raises(FileNotFoundError):
+        win.set_attributes(str(tmp_path / "missing"), hidden_system)
+    k.calls.clear()
+    for bad in (-1, 1 << 32):
+        with pytest.raises(OSError) as info:
+            win.set_attributes(str(f), bad)
+        assert info.value.errno == errno.EINVAL
+    assert k.calls == []
+
+
+def test_win_set_creation_time(tmp_path: Path, win: pio.Win32Files) -> None:
+    """CreateFileW for FILE_WRITE_ATTRIBUTES only, sharing all, not following
+    a reparse point and able to open a directory; SetFileTime with the
+    creation time alone; the handle closed whatever happens."""
+    k = _k(win)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("f")
+    os.symlink("f", tmp_path / "link")
+    ft = 0x01D9_0000_1234_5678  # above 2**32: both halves matter
+    for name in ("f", "d", "link"):
+        win.set_creation_time(str(tmp_path / name), ft + len(name))
+        (_, args) = [c for c in k.calls if c[0] == "CreateFileW"][-1]
+        path, access, share, sa, disposition, flags, template = args
+        assert path == str(tmp_path / name) and sa is None and template is None
+        assert (access, disposition) == (pio.FILE_WRITE_ATTRIBUTES, pio.OPEN_EXISTING)
+        assert share == pio.FILE_SHARE_READ | pio.FILE_SHARE_WRITE | pio.FILE_SHARE_DELETE
+        assert flags == pio.FILE_FLAG_BACKUP_SEMANTICS | pio.FILE_FLAG_OPEN_REPARSE_POINT
+        st = os.lstat(tmp_path / name)  # the link itself, not its target
+        assert k.creation_times[(st.st_dev, st.st_ino)] == ft + len(name)
+    assert k.handles == {}  # every handle closed
+    with pytest.raises(FileNotFoundError):
+        win.set_creation_time(str(tmp_path / "missing"), ft)
+    k.calls.clear()
+    for bad in (0, -1, 1 << 63, (1 << 64) - 1):  # "unchanged", no time, no time, "stop updating"
+        with pytest.raises(OSError) as info:
+            win.set_creation_time(str(tmp_path / "f"), bad)
+        assert info.value.errno == errno.EINVAL
+    assert k.calls == []  # refused before any call
+
+
+def test_win_set_creation_time_closes_the_handle_when_refused(tmp_path: Path, win: pio.Win32Files) -> None:
+    k = _k(win)
+    (tmp_path / "f").write_text("f")
+
+    def refuse(handle: int, creation: Any, access: Any, write: Any) -> int:
+        return int(k._error(pio.ERROR_ACCESS_DENIED))  # type: ignore[arg-type]
+
+    k.do_SetFileTime = refuse  # type: ignore[method-assign]
+    with pytest.raises(PermissionError):
+        win.set_creation_time(str(tmp_path / "f"), 130_000_000_000_000_000)
+    assert k.handles == {}
 
 
 # ------------------------------------------- the cache file over Windows

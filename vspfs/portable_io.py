@@ -66,7 +66,9 @@ takes them from the instance): a directory fd that shares delete
 directory), an object reopened by file id (:meth:`~Win32Files.open_by_id`),
 a rename on a handle (:meth:`~Win32Files.rename`), security descriptors
 (:meth:`~Win32Files.get_security`, :meth:`~Win32Files.set_security`, over
-advapi32) and the hidden+system mark (:meth:`~Win32Files.set_hidden_system`).
+advapi32), the hidden+system mark (:meth:`~Win32Files.set_hidden_system`),
+and a file's attributes and creation time (:meth:`~Win32Files.set_attributes`,
+:meth:`~Win32Files.set_creation_time`).
 
 Every signature and constant is checked against Microsoft's documentation
 in docs/windows.md ("The cache file layer", and its "Host filesystem
@@ -108,8 +110,24 @@ FILE_ATTRIBUTE_READONLY = 0x1
 FILE_ATTRIBUTE_HIDDEN = 0x2
 FILE_ATTRIBUTE_SYSTEM = 0x4
 FILE_ATTRIBUTE_DIRECTORY = 0x10
+FILE_ATTRIBUTE_ARCHIVE = 0x20
 FILE_ATTRIBUTE_NORMAL = 0x80
+FILE_ATTRIBUTE_TEMPORARY = 0x100
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+FILE_ATTRIBUTE_OFFLINE = 0x1000
+FILE_ATTRIBUTE_NOT_CONTENT_INDEXED = 0x2000
+#: what SetFileAttributesW sets (its documented list, NORMAL aside: "valid only
+#: when used alone", i.e. none of these); every other attribute is a state with
+#: a call of its own (DIRECTORY, REPARSE_POINT, SPARSE_FILE, COMPRESSED, ENCRYPTED)
+SETTABLE_ATTRIBUTES = (
+    FILE_ATTRIBUTE_READONLY
+    | FILE_ATTRIBUTE_HIDDEN
+    | FILE_ATTRIBUTE_SYSTEM
+    | FILE_ATTRIBUTE_ARCHIVE
+    | FILE_ATTRIBUTE_TEMPORARY
+    | FILE_ATTRIBUTE_OFFLINE
+    | FILE_ATTRIBUTE_NOT_CONTENT_INDEXED
+)
 #: what GetFileAttributesW returns on failure
 INVALID_FILE_ATTRIBUTES = 0xFFFFFFFF
 FILE_FLAG_BACKUP_SEMANTICS = 0x02000000
@@ -121,6 +139,7 @@ SYNCHRONIZE = 0x00100000
 FILE_LIST_DIRECTORY = 0x1  # FILE_READ_DATA on a file
 FILE_TRAVERSE = 0x20
 FILE_READ_ATTRIBUTES = 0x80
+FILE_WRITE_ATTRIBUTES = 0x100
 LOCKFILE_FAIL_IMMEDIATELY = 0x1
 LOCKFILE_EXCLUSIVE_LOCK = 0x2
 #: FILE_INFO_BY_HANDLE_CLASS values
@@ -208,6 +227,9 @@ _DIRECTORY_ACCESS = FILE_READ_ATTRIBUTES | FILE_LIST_DIRECTORY | FILE_TRAVERSE |
 _SHARE_ALL = FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE
 #: never follow a final reparse point; directories need backup semantics
 _OPEN_AS_IS = FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT
+#: the largest FILETIME Windows takes as a time (SetFileTime reads 0 as "leave
+#: it unchanged" and 0xFFFFFFFF'FFFFFFFF as "stop updating it on this handle")
+_MAX_FILETIME = 0x7FFF_FFFF_FFFF_FFFF
 #: first buffer sizes (WCHARs for a path, bytes for a descriptor); both grow
 _PATH_BUFFER = 512
 _SECURITY_BUFFER = 512
@@ -459,7 +481,13 @@ class Win32Files:
                 ("FileName", ctypes.c_uint16 * 1),
             ]
 
+        class FILETIME(ctypes.Structure):
+            """minwinbase.h FILETIME: 100 ns intervals since 1601 as two DWORDs, low first."""
+
+            _fields_ = [("dwLowDateTime", ctypes.c_uint32), ("dwHighDateTime", ctypes.c_uint32)]
+
         self.OVERLAPPED = OVERLAPPED
+        self.FILETIME = FILETIME
         self.FILE_ATTRIBUTE_TAG_INFO = FILE_ATTRIBUTE_TAG_INFO
         self.FILE_ID_DESCRIPTOR = FILE_ID_DESCRIPTOR
         self.FILE_RENAME_INFO = FILE_RENAME_INFO
@@ -492,6 +520,7 @@ class Win32Files:
              wintypes.DWORD, wintypes.LPVOID, wintypes.DWORD)  # fmt: skip
         _sig(k.GetFileAttributesW, wintypes.DWORD, wintypes.LPCWSTR)
         _sig(k.SetFileAttributesW, wintypes.BOOL, wintypes.LPCWSTR, wintypes.DWORD)
+        _sig(k.SetFileTime, wintypes.BOOL, wintypes.HANDLE, lp(FILETIME), lp(FILETIME), lp(FILETIME))
         if advapi32 is not None:
             a = advapi32
             _sig(a.GetFileSecurityW, wintypes.BOOL, wintypes.LPCWSTR, wintypes.DWORD, wintypes.LPVOID,
@@ -907,6 +936,52 @@ class Win32Files:
         # NORMAL is only valid alone
         if not self._k.SetFileAttributesW(path, (attributes & ~FILE_ATTRIBUTE_NORMAL) | wanted):
             raise self._fail(path)
+
+    def set_attributes(self, path: str, attributes: int) -> None:
+        """Make ``path``'s settable attributes those of ``attributes``
+        (SetFileAttributesW): READONLY, HIDDEN, SYSTEM, ARCHIVE, TEMPORARY,
+        OFFLINE and NOT_CONTENT_INDEXED (:data:`SETTABLE_ATTRIBUTES`, the
+        function's documented list). Every other bit is ignored, as the
+        function ignores what it cannot set: DIRECTORY, REPARSE_POINT,
+        SPARSE_FILE, COMPRESSED and ENCRYPTED are states with calls of their
+        own, and a value read back from a file (``system.ntfs_attrib``)
+        carries them. None of the settable bits is passed as
+        FILE_ATTRIBUTE_NORMAL, the documented way to clear them all.
+        SetFileAttributesW takes a name, so a final symbolic link may be
+        followed: callers (hostfs) refuse links first.
+        """
+        if not 0 <= attributes <= 0xFFFFFFFF:
+            raise OSError(errno.EINVAL, f"not a DWORD of attributes: {attributes}", path)
+        value = attributes & SETTABLE_ATTRIBUTES or FILE_ATTRIBUTE_NORMAL
+        if not self._k.SetFileAttributesW(path, value):
+            raise self._fail(path)
+
+    def set_creation_time(self, path: str, filetime: int) -> None:
+        """Set the creation time of ``path`` (a file, a directory, or a
+        reparse point itself) to ``filetime`` (100 ns since 1601, UTC).
+
+        CreateFileW(FILE_WRITE_ATTRIBUTES, sharing all three ways,
+        OPEN_EXISTING, FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT),
+        then SetFileTime(h, &ft, NULL, NULL): NULL leaves the access and write
+        times as they are. The handle is always closed. ``filetime`` must lie
+        in 1..0x7FFFFFFFFFFFFFFF (EINVAL otherwise, before any call):
+        SetFileTime reads 0 as "leave it unchanged" and all ones as "stop
+        updating it", neither of which is a time.
+        """
+        if not 0 < filetime <= _MAX_FILETIME:
+            raise OSError(errno.EINVAL, f"not a FILETIME to set: {filetime}", path)
+        ctypes = self._ctypes
+        ft = self.FILETIME(filetime & 0xFFFFFFFF, filetime >> 32)
+        handle = self._k.CreateFileW(
+            path, FILE_WRITE_ATTRIBUTES, _SHARE_ALL, None, OPEN_EXISTING, _OPEN_AS_IS, None
+        )
+        if self._invalid(handle):
+            raise self._fail(path)
+        try:
+            if not self._k.SetFileTime(handle, ctypes.byref(ft), None, None):
+                raise self._fail(path)
+        finally:
+            self._k.CloseHandle(handle)
 
 
 def _sig(fn: Any, restype: Any, *argtypes: Any) -> None:

@@ -19,7 +19,9 @@ Sections:
 * names: NTFS-like case-insensitive comparison, ordering and lookup;
 * drive letters: validation, "taken" letters (injectable), the first free
   letter from V: down, flushing a live drive's cache (kernel32 injectable);
-* time and attributes: FILETIME <-> ns, FILE_ATTRIBUTE_* from ``st_mode``;
+* time and attributes: FILETIME <-> ns, FILE_ATTRIBUTE_* from ``st_mode``,
+  and the ``system.ntfs_attrib``/``system.ntfs_crtime`` values that carry a
+  Windows file's own attributes and creation time through the core;
 * identity: volume serial numbers and 64-bit file index numbers;
 * security descriptors: a self-relative binary codec, an SDDL subset, the
   default descriptor derived from mode bits, SetSecurity's merge;
@@ -591,8 +593,35 @@ FILE_ATTRIBUTE_SYSTEM = 0x4
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_ARCHIVE = 0x20
 FILE_ATTRIBUTE_NORMAL = 0x80
+FILE_ATTRIBUTE_TEMPORARY = 0x100
+FILE_ATTRIBUTE_SPARSE_FILE = 0x200
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+FILE_ATTRIBUTE_COMPRESSED = 0x800
+FILE_ATTRIBUTE_OFFLINE = 0x1000
+FILE_ATTRIBUTE_NOT_CONTENT_INDEXED = 0x2000
+FILE_ATTRIBUTE_ENCRYPTED = 0x4000
 INVALID_FILE_ATTRIBUTES = 0xFFFFFFFF
+#: the attributes SetFileAttributesW sets (its documented list, FILE_ATTRIBUTE_NORMAL
+#: aside, which means "none of them"); the same set as ntfs-3g's FILE_ATTR_SETTABLE
+#: (0x3127). The others are states with their own calls: DIRECTORY (CreateDirectory),
+#: REPARSE_POINT (FSCTL_SET_REPARSE_POINT), SPARSE_FILE (FSCTL_SET_SPARSE),
+#: COMPRESSED (FSCTL_SET_COMPRESSION), ENCRYPTED (EncryptFile)
+SETTABLE_FILE_ATTRIBUTES = (
+    FILE_ATTRIBUTE_READONLY
+    | FILE_ATTRIBUTE_HIDDEN
+    | FILE_ATTRIBUTE_SYSTEM
+    | FILE_ATTRIBUTE_ARCHIVE
+    | FILE_ATTRIBUTE_TEMPORARY
+    | FILE_ATTRIBUTE_OFFLINE
+    | FILE_ATTRIBUTE_NOT_CONTENT_INDEXED
+)
+
+#: pseudo extended attributes carrying a Windows file's attributes and creation
+#: time through the core, with ntfs-3g's names and formats (its xattrs.c; the
+#: values in the CPU's byte order there, little-endian on every Windows CPU):
+#: 4 bytes of FILE_ATTRIBUTE_* and 8 bytes of FILETIME (the NTFS creation time)
+NTFS_ATTRIB_XATTR = "system.ntfs_attrib"
+NTFS_CRTIME_XATTR = "system.ntfs_crtime"
 
 #: IO_REPARSE_TAG_SYMLINK (winnt.h): the tag of a symbolic link reparse point
 IO_REPARSE_TAG_SYMLINK = 0xA000000C
@@ -629,6 +658,66 @@ def file_attributes(mode: int, *, hidden: bool = False) -> int:
         attrs |= FILE_ATTRIBUTE_READONLY
     if hidden:
         attrs |= FILE_ATTRIBUTE_HIDDEN
+    return attrs
+
+
+def encode_ntfs_attrib(attributes: int) -> bytes:
+    """``system.ntfs_attrib``'s value: the attributes as 4 bytes, little-endian."""
+    return struct.pack("<I", attributes & 0xFFFFFFFF)
+
+
+def decode_ntfs_attrib(value: bytes) -> int | None:
+    """The attributes in a ``system.ntfs_attrib`` value; None if it is not 4 bytes."""
+    return struct.unpack("<I", value)[0] if len(value) == 4 else None
+
+
+def encode_ntfs_crtime(filetime: int) -> bytes:
+    """``system.ntfs_crtime``'s value: a FILETIME as 8 bytes, little-endian."""
+    return struct.pack("<Q", min(max(filetime, 0), MAX_FILETIME))
+
+
+def decode_ntfs_crtime(value: bytes) -> int | None:
+    """The FILETIME in a ``system.ntfs_crtime`` value; None if it is not 8
+    bytes or not a time Windows accepts (0 means "not set" to it)."""
+    if len(value) != 8:
+        return None
+    ft = struct.unpack("<Q", value)[0]
+    return ft if 0 < ft <= MAX_FILETIME else None
+
+
+def served_attributes(ntfs: int, mode: int) -> int:
+    """The FILE_ATTRIBUTE_* a drive shows for an object whose backing file
+    has the NTFS attributes ``ntfs`` (``system.ntfs_attrib``).
+
+    As on the backing, except where the drive must agree with itself:
+
+    - DIRECTORY and REPARSE_POINT follow the object's type as the core sees
+      it (``mode``): a directory is always DIRECTORY, a symbolic link always
+      REPARSE_POINT (served as IO_REPARSE_TAG_SYMLINK), anything else
+      neither. Another kind of reparse point on the backing (a junction, a
+      deduplicated or cloud file) is reached through it by the core and is
+      shown as what it leads to;
+    - never SPARSE_FILE, for the reason :func:`file_attributes` gives;
+    - never ENCRYPTED: the drive serves the bytes as the daemon reads them,
+      and a caller seeing ENCRYPTED may ask for the raw encrypted stream
+      (OpenEncryptedFileRaw), which no WinFsp file system can answer
+      through winfspy;
+    - never NORMAL, which is valid only alone: WinFsp shows an object with no
+      attribute as NORMAL itself (src/sys/fileinfo.c).
+    """
+    dropped = (
+        FILE_ATTRIBUTE_DIRECTORY
+        | FILE_ATTRIBUTE_REPARSE_POINT
+        | FILE_ATTRIBUTE_SPARSE_FILE
+        | FILE_ATTRIBUTE_ENCRYPTED
+        | FILE_ATTRIBUTE_NORMAL
+    )
+    attrs = ntfs & 0xFFFFFFFF & ~dropped
+    ftype = statmod.S_IFMT(mode)
+    if ftype == statmod.S_IFDIR:
+        attrs |= FILE_ATTRIBUTE_DIRECTORY
+    elif ftype == statmod.S_IFLNK:
+        attrs |= FILE_ATTRIBUTE_REPARSE_POINT
     return attrs
 
 
