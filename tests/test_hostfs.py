@@ -15,11 +15,13 @@ import os
 import stat as statmod
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from vspfs import hostfs
 from vspfs import portable_io as pio
+from vspfs import winplatform as wp
 
 
 @pytest.fixture
@@ -189,11 +191,24 @@ def test_unsupported_calls_say_so(calls: hostfs.PathCalls, tmp_path: Path) -> No
 
 
 class FakeWin32:
-    """The Win32Files methods windows_path_calls uses, recording calls."""
+    """The Win32Files methods windows_path_calls uses, recording calls; and
+    ``stat``, what ``os.stat(path, follow_symlinks=False)`` gives on Windows
+    (``st_file_attributes``; ``st_birthtime_ns`` from Python 3.12, before it
+    ``st_ctime_ns`` is the creation time)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[object, ...]] = []
         self.sd = b"\x01\x00\x04\x80" + bytes(16)
+        self.st = SimpleNamespace(
+            st_mode=statmod.S_IFREG | 0o666,
+            st_file_attributes=wp.FILE_ATTRIBUTE_HIDDEN | wp.FILE_ATTRIBUTE_ARCHIVE,
+            st_birthtime_ns=1_600_000_000_123_456_789,
+            st_ctime_ns=1_700_000_000 * 10**9,
+        )
+
+    def stat(self, path: str) -> SimpleNamespace:
+        self.calls.append(("stat", path))
+        return self.st
 
     def final_path(self, fd: int) -> str:
         return {3: "\\\\?\\D:\\data", 4: "\\\\?\\D:\\"}[fd]
@@ -222,6 +237,12 @@ class FakeWin32:
 
     def set_hidden_system(self, path: str) -> None:
         self.calls.append(("set_hidden_system", path))
+
+    def set_attributes(self, path: str, attributes: int) -> None:
+        self.calls.append(("set_attributes", path, attributes))
+
+    def set_creation_time(self, path: str, filetime: int) -> None:
+        self.calls.append(("set_creation_time", path, filetime))
 
     def disk_usage(self, path: str) -> pio.DiskUsage:
         return pio.DiskUsage(total=100 * 4096, free=40 * 4096, available=30 * 4096)
@@ -253,7 +274,7 @@ def test_windows_binding_joins_names_with_backslashes() -> None:
 def test_windows_binding_serves_the_security_descriptor_as_an_xattr() -> None:
     win = FakeWin32()
     calls = hostfs.windows_path_calls(win)
-    assert calls.listxattr_at(3, "f") == [hostfs.NTFS_ACL]
+    assert calls.listxattr_at(3, "f") == [hostfs.NTFS_ACL, wp.NTFS_ATTRIB_XATTR, wp.NTFS_CRTIME_XATTR]
     assert calls.getxattr_at(3, "f", hostfs.NTFS_ACL) == win.sd
     with pytest.raises(OSError) as exc:
         calls.getxattr_at(3, "f", "user.other")
@@ -267,6 +288,49 @@ def test_windows_binding_serves_the_security_descriptor_as_an_xattr() -> None:
         ("get_security", "\\\\?\\D:\\data\\f", owner_group_dacl),
         ("set_security", "\\\\?\\D:\\data\\f", owner_group_dacl, b"sd"),
     ]
+
+
+def test_windows_binding_serves_attributes_and_creation_time_as_xattrs() -> None:
+    """ntfs-3g's formats: 4 bytes of FILE_ATTRIBUTE_*, 8 bytes of FILETIME,
+    both little-endian, read from the object itself (no link followed)."""
+    win = FakeWin32()
+    calls = hostfs.windows_path_calls(win, stat=win.stat)
+    path = "\\\\?\\D:\\data\\f"
+    assert calls.getxattr_at(3, "f", wp.NTFS_ATTRIB_XATTR) == (0x22).to_bytes(4, "little")
+    crtime = calls.getxattr_at(3, "f", wp.NTFS_CRTIME_XATTR)
+    assert crtime == (wp.EPOCH_AS_FILETIME + 16_000_000_001_234_567).to_bytes(8, "little")
+    # before Python 3.12 Windows gives the creation time as st_ctime_ns
+    del win.st.st_birthtime_ns
+    ctime = wp.EPOCH_AS_FILETIME + 17_000_000_000_000_000
+    assert calls.getxattr(3, wp.NTFS_CRTIME_XATTR) == ctime.to_bytes(8, "little")
+    assert win.calls == [("stat", path), ("stat", path), ("stat", "\\\\?\\D:\\data")]
+    win.calls.clear()
+    hidden_system = wp.FILE_ATTRIBUTE_HIDDEN | wp.FILE_ATTRIBUTE_SYSTEM | wp.FILE_ATTRIBUTE_DIRECTORY
+    calls.setxattr_at(3, "f", wp.NTFS_ATTRIB_XATTR, wp.encode_ntfs_attrib(hidden_system))
+    calls.setxattr_at(3, "f", wp.NTFS_CRTIME_XATTR, wp.encode_ntfs_crtime(125_000_000_000_000_000))
+    assert win.calls == [
+        ("stat", path),  # a link is refused first
+        ("set_attributes", path, hidden_system),  # Win32Files keeps only the settable bits
+        ("set_creation_time", path, 125_000_000_000_000_000),
+    ]
+    for name, bad in [
+        (wp.NTFS_ATTRIB_XATTR, b"\x02\x00"),
+        (wp.NTFS_CRTIME_XATTR, b"\x01"),
+        (wp.NTFS_CRTIME_XATTR, bytes(8)),  # 0: "unchanged" to Windows, no time
+    ]:
+        with pytest.raises(OSError) as exc:
+            calls.setxattr_at(3, "f", name, bad)
+        assert exc.value.errno == errno.EINVAL
+    win.st.st_mode = statmod.S_IFLNK | 0o777
+    with pytest.raises(OSError) as exc:
+        calls.setxattr_at(3, "link", wp.NTFS_ATTRIB_XATTR, wp.encode_ntfs_attrib(2))
+    assert exc.value.errno == errno.EOPNOTSUPP  # SetFileAttributesW might change the target
+    for name in (hostfs.NTFS_ACL, wp.NTFS_ATTRIB_XATTR, wp.NTFS_CRTIME_XATTR):
+        with pytest.raises(OSError) as exc:
+            calls.removexattr_at(3, "f", name)
+        assert exc.value.errno == errno.ENOTSUP
+    # nothing else reached Windows: the malformed values were refused before any call
+    assert win.calls[3:] == [("stat", "\\\\?\\D:\\data\\link")]
 
 
 def test_windows_binding_statvfs_from_disk_usage() -> None:

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from vspfs import portable_io as pio
 from vspfs import syscalls
+from vspfs import winplatform as wp
 
 WINDOWS = sys.platform == "win32"
 
@@ -470,31 +471,89 @@ class PathCalls:
     )  # fmt: skip
 
 
-class SecurityXattr:
-    """``system.ntfs_acl`` as the only extended attribute, over a Windows
-    file's security descriptor (owner, group and DACL: the SACL would need
-    SeSecurityPrivilege). Listed on every object, so the core preserves a
-    file's descriptor for its snapshots before the first change, like any
-    xattr."""
+class WindowsXattrs:
+    """The extended attributes of the Windows binding: three pseudo xattrs
+    with ntfs-3g's names and formats, over what a Windows file really has.
+    Listed on every object, so the core preserves them for its snapshots
+    before a file's first change, like any xattr, and a drive serves them as
+    they were at snapshot time:
+
+    - ``system.ntfs_acl``: the security descriptor, self-relative (owner,
+      group and DACL: the SACL would need SeSecurityPrivilege);
+      Get/SetFileSecurityW;
+    - ``system.ntfs_attrib``: the FILE_ATTRIBUTE_* word, 4 bytes
+      little-endian. Read from ``os.stat(path, follow_symlinks=False)
+      .st_file_attributes`` (the object itself, a link included); written
+      with ``set_attributes`` (SetFileAttributesW: only READONLY, HIDDEN,
+      SYSTEM, ARCHIVE, TEMPORARY, OFFLINE and NOT_CONTENT_INDEXED change, the
+      other bits of the value are ignored). Refused on a symbolic link
+      (EOPNOTSUPP, as chmod is), because SetFileAttributesW takes a name
+      and may act on the link's target;
+    - ``system.ntfs_crtime``: the creation time, 8 bytes little-endian
+      FILETIME (100 ns since 1601). Read from ``st_birthtime_ns`` where
+      Python has it (3.12 and later), else from ``st_ctime_ns``, which is
+      the creation time on Windows before 3.12 (it was deprecated there in
+      3.12 in favour of ``st_birthtime``); written with
+      ``set_creation_time`` (SetFileTime on a handle that does not follow
+      a reparse point).
+
+    ntfs-3g writes the last two in the CPU's byte order: the same bytes on
+    every little-endian machine, which every Windows one is. Other names:
+    ENODATA to read, ENOTSUP to write; none can be removed (ENOTSUP). The
+    ``flags`` of setxattr (XATTR_CREATE, XATTR_REPLACE) are ignored: these
+    always exist.
+    """
 
     INFO = 0x1 | 0x2 | 0x4  # OWNER | GROUP | DACL_SECURITY_INFORMATION
+    NAMES = (NTFS_ACL, wp.NTFS_ATTRIB_XATTR, wp.NTFS_CRTIME_XATTR)
 
-    def __init__(self, get: Callable[[str, int], bytes], put: Callable[[str, int, bytes], None]) -> None:
-        self._get = get
-        self._put = put
+    def __init__(
+        self,
+        *,
+        get_security: Callable[[str, int], bytes],
+        set_security: Callable[[str, int, bytes], None],
+        set_attributes: Callable[[str, int], None],
+        set_creation_time: Callable[[str, int], None],
+        stat: Callable[[str], Any] | None = None,
+    ) -> None:
+        self._get_sd = get_security
+        self._put_sd = set_security
+        self._set_attributes = set_attributes
+        self._set_creation_time = set_creation_time
+        self._stat = stat or (lambda path: os.stat(path, follow_symlinks=False))
 
     def get(self, path: str, name: str) -> bytes:
-        if name != NTFS_ACL:
-            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA), name)
-        return self._get(path, self.INFO)
+        if name == NTFS_ACL:
+            return self._get_sd(path, self.INFO)
+        if name == wp.NTFS_ATTRIB_XATTR:
+            return wp.encode_ntfs_attrib(self._stat(path).st_file_attributes)
+        if name == wp.NTFS_CRTIME_XATTR:
+            st = self._stat(path)
+            ns = getattr(st, "st_birthtime_ns", None)
+            return wp.encode_ntfs_crtime(wp.ns_to_filetime(st.st_ctime_ns if ns is None else ns))
+        raise OSError(errno.ENODATA, os.strerror(errno.ENODATA), name)
 
     def list(self, path: str) -> list[str]:
-        return [NTFS_ACL]
+        return list(self.NAMES)
 
     def set(self, path: str, name: str, value: bytes, flags: int) -> None:
-        if name != NTFS_ACL:
+        data = bytes(value)
+        if name == NTFS_ACL:
+            self._put_sd(path, self.INFO, data)
+        elif name == wp.NTFS_ATTRIB_XATTR:
+            attributes = wp.decode_ntfs_attrib(data)
+            if attributes is None:
+                raise OSError(errno.EINVAL, f"{name} takes 4 bytes, not {len(data)}", path)
+            if statmod.S_ISLNK(self._stat(path).st_mode):
+                raise OSError(errno.EOPNOTSUPP, f"{name} of a symbolic link cannot be set", path)
+            self._set_attributes(path, attributes)
+        elif name == wp.NTFS_CRTIME_XATTR:
+            filetime = wp.decode_ntfs_crtime(data)
+            if filetime is None:
+                raise OSError(errno.EINVAL, f"{name} takes 8 bytes of a FILETIME", path)
+            self._set_creation_time(path, filetime)
+        else:
             raise _unsupported(f"extended attribute {name}")
-        self._put(path, self.INFO, bytes(value))
 
     def remove(self, path: str, name: str) -> None:
         raise _unsupported(f"removing {name}")
@@ -542,15 +601,23 @@ class _LinuxXattrs:
         os.removexattr(path, name, follow_symlinks=False)
 
 
-def windows_path_calls(win: Any) -> PathCalls:
-    """The Windows binding over ``portable_io.Win32Files``."""
+def windows_path_calls(win: Any, *, stat: Callable[[str], Any] | None = None) -> PathCalls:
+    """The Windows binding over ``portable_io.Win32Files``. ``stat`` (for the
+    tests) replaces ``os.stat(path, follow_symlinks=False)``, where the
+    attributes and creation time are read."""
     return PathCalls(
         access_path=win.final_path,
         open_file=win.open,
         open_directory=win.open_directory,
         rename=win.rename,
         sep="\\",
-        xattrs=SecurityXattr(win.get_security, win.set_security),
+        xattrs=WindowsXattrs(
+            get_security=win.get_security,
+            set_security=win.set_security,
+            set_attributes=win.set_attributes,
+            set_creation_time=win.set_creation_time,
+            stat=stat,
+        ),
         open_by_id=lambda fd, file_id: win.open_by_id(fd, file_id, True),
         hide=win.set_hidden_system,
         disk_usage=win.disk_usage,
