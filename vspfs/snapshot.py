@@ -361,6 +361,53 @@ class Snapshot:
                 return {os.fsdecode(k): v for k, v in live}
         return {os.fsdecode(k): v for k, v in meta[1]}
 
+    def _xattr(self, node: Node, name: str) -> bytes | None:
+        """One xattr as at snapshot time (None: the object had none of that name).
+
+        Reads only that name from a live, unchanged object: the WinFsp
+        adapter asks for a file's attributes each time it describes the
+        file, and reading every xattr for it would read the security
+        descriptor too. It answers what :meth:`_xattrs` would: a name the
+        object does not list is not there (ntfs-3g serves unlisted names,
+        which the core never preserves, so serving them live would change
+        the snapshot's answer at the file's first change), and the ordering
+        rule holds: the preserved metadata first, then the live object,
+        then the preserved metadata again, which wins if it appeared
+        meanwhile."""
+
+        def live_one(names: Callable[[], list[str]], value: Callable[[], bytes]) -> bytes | None:
+            try:  # the errors read_xattrs reads as "no xattrs here"
+                if name not in names():
+                    return None
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                    return None
+                raise
+            try:
+                return value()
+            except OSError as exc:
+                if exc.errno == errno.ENODATA:  # removed meanwhile
+                    return None
+                raise
+
+        meta = self._meta.get(node.ino)
+        if meta is None:
+            if node.ftype == statmod.S_IFDIR:
+                with self._dir_fd(node) as fd:
+                    live = live_one(lambda: hostfs.listxattr(fd), lambda: hostfs.getxattr(fd, name))
+            else:
+                live = self._at(
+                    node,
+                    lambda dfd, leaf: live_one(
+                        lambda: hostfs.listxattr_at(dfd, leaf), lambda: hostfs.getxattr_at(dfd, leaf, name)
+                    ),
+                )
+            meta = self._meta.get(node.ino)
+            if meta is None:
+                return live
+        key = os.fsencode(name)
+        return next((value for k, value in meta[1] if k == key), None)
+
     # -- public read API ------------------------------------------------------------
 
     def lookup(self, path: str) -> Node:
@@ -402,12 +449,11 @@ class Snapshot:
 
     def getxattr(self, path: str, name: str) -> bytes:
         self._check()
-        xattrs = self._xattrs(self._resolve(path))
+        value = self._xattr(self._resolve(path), name)
         self._check()
-        try:
-            return xattrs[name]
-        except KeyError:
-            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA), path) from None
+        if value is None:
+            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA), path)
+        return value
 
     def listxattr(self, path: str) -> list[str]:
         self._check()
