@@ -467,35 +467,43 @@ def _round_up(n: int, unit: int) -> int:
     return (n + unit - 1) // unit * unit
 
 
-def file_info(attr: Attr) -> dict[str, int]:
+def file_info(attr: Attr, attributes: int | None = None, creation_time: int | None = None) -> dict[str, int]:
     """An Attr as winfspy's file info dict (FSP_FSCTL_FILE_INFO fields).
 
+    - attributes: the file's own NTFS attributes when its volume carries
+      them (``attributes``, from ``system.ntfs_attrib``; shown as
+      :func:`vspfs.winplatform.served_attributes` says), else derived from
+      the mode (:func:`vspfs.winplatform.file_attributes`);
     - sizes: a regular file's size, allocation rounded up to the allocation
       unit (WinFsp's rule: allocation >= size); 0 for directories and links
       (NTFS reports 0 for both);
     - times: FILETIME; LastWriteTime = mtime, ChangeTime = ctime, and
-      CreationTime = the earlier of the two (POSIX keeps no creation time in
-      the core's Attr; a file cannot have been created after it was written);
+      CreationTime = the file's own (``creation_time``, from
+      ``system.ntfs_crtime``) where its volume carries one, else the earlier
+      of mtime and ctime (POSIX keeps no creation time in the core's Attr; a
+      file cannot have been created after it was written);
     - IndexNumber: the inode number (the snapshot-time inode on a virtual
       drive), folded to 64 bits;
     - symlinks carry FILE_ATTRIBUTE_REPARSE_POINT and IO_REPARSE_TAG_SYMLINK.
     """
     size = attr.size if attr.is_reg else 0
+    if attributes is None:
+        shown = wp.file_attributes(attr.mode)
+    else:
+        shown = wp.served_attributes(attributes, attr.mode)
+    if creation_time is None:
+        creation_time = wp.ns_to_filetime(min(attr.mtime_ns, attr.ctime_ns))
     return {
-        "file_attributes": wp.file_attributes(attr.mode),
+        "file_attributes": shown,
         "reparse_tag": wp.IO_REPARSE_TAG_SYMLINK if attr.is_lnk else 0,
         "allocation_size": _round_up(size, ALLOCATION_UNIT),
         "file_size": size,
-        "creation_time": wp.ns_to_filetime(min(attr.mtime_ns, attr.ctime_ns)),
+        "creation_time": creation_time,
         "last_access_time": wp.ns_to_filetime(attr.atime_ns),
         "last_write_time": wp.ns_to_filetime(attr.mtime_ns),
         "change_time": wp.ns_to_filetime(attr.ctime_ns),
         "index_number": wp.file_index(attr.ino),
     }
-
-
-#: file_info under a name that winfspy's ``file_info`` parameters do not shadow
-_info_of = file_info
 
 
 def _fallback_info(ftype: int, ino: int) -> dict[str, int]:
@@ -709,6 +717,7 @@ class _Operations:
         self.mountpoint = mountpoint
         self._opened: set[OpenFile] = set()
         self._opened_lock = threading.Lock()
+        self._windows_metadata: bool | None = None
 
     # -- what each view provides
 
@@ -725,8 +734,68 @@ class _Operations:
     def _getxattr(self, path: str, name: str) -> bytes:
         raise NotImplementedError
 
+    def _listxattr(self, path: str) -> list[str]:
+        raise NotImplementedError
+
     def _names(self, path: str) -> list[str]:
         return [name for name, _ino, _ftype in self._entries(path)]
+
+    # -- a Windows file's own attributes and creation time
+
+    def has_windows_metadata(self) -> bool:
+        """Whether this drive's volume carries each file's NTFS attributes and
+        creation time (``system.ntfs_attrib``, ``system.ntfs_crtime``: the
+        Windows host filesystem binding lists them on every object).
+
+        Decided once per drive, by whether the root lists
+        ``system.ntfs_attrib`` (on a virtual drive: as at snapshot time), so
+        that a Linux-hosted volume pays no xattr read per file described.
+        Listed, not merely readable: ntfs-3g serves the same names without
+        listing them, and the core preserves only what is listed, so a
+        snapshot could not keep them.
+        """
+        if self._windows_metadata is None:
+            try:
+                found = wp.NTFS_ATTRIB_XATTR in self._listxattr("/")
+            except OSError as exc:
+                log.debug("%s: no xattrs at the root (%s): attributes come from modes", self._label, exc)
+                found = False
+            self._windows_metadata = found
+        return self._windows_metadata
+
+    def _ntfs_value(self, path: str, name: str, decode: Callable[[bytes], int | None]) -> int | None:
+        """``name`` of ``path`` decoded, or None (missing or malformed: the
+        caller then derives the value from the mode, as for any volume)."""
+        try:
+            value = self._getxattr(path, name)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                log.debug("%s: %s of %s cannot be read: %s", self._label, name, path, exc)
+            return None
+        decoded = decode(bytes(value))
+        if decoded is None:
+            log.debug("%s: %s of %s is malformed (%d bytes): ignored", self._label, name, path, len(value))
+        return decoded
+
+    def _ntfs_attributes(self, path: str) -> int | None:
+        """The file's own NTFS attributes, where the volume carries them."""
+        if not self.has_windows_metadata():
+            return None
+        return self._ntfs_value(path, wp.NTFS_ATTRIB_XATTR, wp.decode_ntfs_attrib)
+
+    def _attributes(self, path: str, attr: Attr) -> int:
+        """FILE_ATTRIBUTE_* shown for ``path`` (as :func:`file_info` shows them)."""
+        ntfs = self._ntfs_attributes(path)
+        return wp.file_attributes(attr.mode) if ntfs is None else wp.served_attributes(ntfs, attr.mode)
+
+    def _info(self, path: str, attr: Attr) -> dict[str, int]:
+        """:func:`file_info` of ``path``, with its own attributes and creation
+        time where the volume carries them (two xattr reads per file there,
+        none elsewhere)."""
+        if not self.has_windows_metadata():
+            return file_info(attr)
+        crtime = self._ntfs_value(path, wp.NTFS_CRTIME_XATTR, wp.decode_ntfs_crtime)
+        return file_info(attr, self._ntfs_attributes(path), crtime)
 
     # -- names
 
@@ -820,9 +889,10 @@ class _Operations:
         path = of.path
         entries: list[_DirEntry] = []
         if path.strip("/"):
-            here, up = of.attr, self._stat(_parent_of(path))
-            entries.append(_DirEntry(".", lambda a=here: file_info(a)))
-            entries.append(_DirEntry("..", lambda a=up: file_info(a)))
+            parent = _parent_of(path)
+            here, up = of.attr, self._stat(parent)
+            entries.append(_DirEntry(".", lambda a=here: self._info(path, a)))
+            entries.append(_DirEntry("..", lambda a=up: self._info(parent, a)))
         skipped = 0
         for name, ino, ftype in self._entries(path):
             if not wp.is_utf16_encodable(name):
@@ -845,7 +915,7 @@ class _Operations:
         def info() -> dict[str, int]:
             # runs inside winfspy's ll_read_directory: must not raise
             try:
-                return file_info(self._stat(path))
+                return self._info(path, self._stat(path))
             except Exception as exc:
                 log.debug("%s: %s vanished while listed: %s", self._label, path, exc)
                 return _fallback_info(ftype, ino)
@@ -879,7 +949,8 @@ class _Operations:
         found = wp.find_name(self._names(of.path), wp.decode_name(file_name))
         if found is None:
             raise NtStatus(STATUS_OBJECT_NAME_NOT_FOUND, file_name)
-        return {"file_name": file_name, **file_info(self._stat(_join(of.path, found)))}
+        path = _join(of.path, found)
+        return {"file_name": file_name, **self._info(path, self._stat(path))}
 
     # -- reparse points (symbolic links)
 
@@ -952,7 +1023,7 @@ class _Operations:
         """(file attributes, security descriptor, its size) of a name, for WinFsp's access checks."""
         path, attr = self._lookup(file_name)
         sd = self._security(path, attr)
-        return wp.file_attributes(attr.mode), sd, len(sd)
+        return self._attributes(path, attr), sd, len(sd)
 
     @translated
     def get_security(self, file_context: OpenFile) -> tuple[bytes, int]:
@@ -965,7 +1036,8 @@ class _Operations:
 
     @translated
     def get_file_info(self, file_context: OpenFile) -> dict[str, int]:
-        return file_info(self._current_attr(file_context))
+        of = file_context
+        return self._info(of.path, self._current_attr(of))
 
     @translated
     def get_stream_info(
@@ -1017,6 +1089,9 @@ class SnapshotOperations(_Operations):
 
     def _getxattr(self, path: str, name: str) -> bytes:
         return self.snapshot.getxattr(path, name)
+
+    def _listxattr(self, path: str) -> list[str]:
+        return self.snapshot.listxattr(path)
 
     def _refuse(self, what: str, path: str | None = None) -> None:
         raise ReadOnly(f"{what} {path or ''}: snapshot {self.snapshot.id} is a read-only virtual drive")
@@ -1198,6 +1273,9 @@ class LiveOperations(_Operations):
     def _getxattr(self, path: str, name: str) -> bytes:
         return self.volume.getxattr(path, name)
 
+    def _listxattr(self, path: str) -> list[str]:
+        return self.volume.listxattr(path)
+
     def _current_attr(self, of: OpenFile) -> Attr:
         """Live attributes (through the handle when there is one: the file may be unlinked)."""
         attr = self.volume.getattr(of.path, of.fh)
@@ -1282,7 +1360,9 @@ class LiveOperations(_Operations):
         allocation_size: int,
     ) -> OpenFile:
         """Create a file (opened read-write) or a directory; then apply the
-        creator's security descriptor where the core can keep one."""
+        creator's security descriptor where the core can keep one, and, on a
+        volume that carries NTFS attributes, the settable ones asked for
+        (HIDDEN, SYSTEM, ...; READONLY is already the mode's)."""
         parent, leaf, existing = self._target(file_name)
         if existing is not None:
             raise FileExistsError(errno.EEXIST, "exists", _join(parent, existing))
@@ -1308,6 +1388,12 @@ class LiveOperations(_Operations):
                     path,
                     exc,
                 )
+        wanted = file_attributes & wp.SETTABLE_FILE_ATTRIBUTES
+        if wanted and self.has_windows_metadata():
+            try:  # as above: the file is made, whatever happens here
+                self._set_ntfs_attributes(path, of.attr, wanted, add=True)
+            except OSError as exc:
+                log.warning("%s: cannot set the attributes of new %s: %s", self._label, path, exc)
         return self._register(of)
 
     @translated
@@ -1342,12 +1428,42 @@ class LiveOperations(_Operations):
         replace_file_attributes: bool,
         allocation_size: int,
     ) -> None:
-        """Truncate to zero (through the Volume, so a snapshot keeps the old data)."""
+        """Truncate to zero (through the Volume, so a snapshot keeps the old data).
+
+        Then the attributes, as NTFS treats an overwrite (and WinFsp's memfs
+        does): ``replace_file_attributes`` (FILE_SUPERSEDE) makes them the
+        given ones plus ARCHIVE, otherwise the given ones are added. On a
+        volume without NTFS attributes only READONLY has a place (the mode).
+        """
         of = file_context
         self.volume.truncate(of.path, 0, self._writable(of))
+        if self.has_windows_metadata():
+            wanted = file_attributes & wp.SETTABLE_FILE_ATTRIBUTES
+            if replace_file_attributes:
+                self._set_ntfs_attributes(of.path, of.attr, wanted | wp.FILE_ATTRIBUTE_ARCHIVE, add=False)
+            elif wanted:
+                self._set_ntfs_attributes(of.path, of.attr, wanted, add=True)
+            return
         readonly = bool(file_attributes & wp.FILE_ATTRIBUTE_READONLY)
         if replace_file_attributes or readonly:
             self._set_readonly(of, readonly)
+
+    def _set_ntfs_attributes(self, path: str, attr: Attr, wanted: int, *, add: bool) -> None:
+        """Make the settable NTFS attributes of ``path`` ``wanted`` (``add``:
+        the current ones and ``wanted``) through ``Volume.setxattr`` of
+        ``system.ntfs_attrib``, so a snapshot keeps the old ones: the core
+        preserves a file's xattrs before it changes them. Nothing is written
+        when nothing changes (Explorer sends its attributes back unchanged
+        often). A symbolic link keeps its own, as it keeps its mode."""
+        if attr.is_lnk:
+            return
+        settable = wp.SETTABLE_FILE_ATTRIBUTES
+        current = self._ntfs_value(path, wp.NTFS_ATTRIB_XATTR, wp.decode_ntfs_attrib)
+        new = (wanted | (current or 0) if add else wanted) & settable
+        if current is not None and current & settable == new:
+            return
+        value = ((current or 0) & ~settable) | new
+        self.volume.setxattr(path, wp.NTFS_ATTRIB_XATTR, wp.encode_ntfs_attrib(value))
 
     def _set_readonly(self, of: OpenFile, readonly: bool) -> None:
         attr = self.volume.getattr(of.path, of.fh)
@@ -1433,23 +1549,40 @@ class LiveOperations(_Operations):
         change_time: int,
         file_info: Any,
     ) -> dict[str, int]:
-        """READONLY becomes mode bits; access and write times become utimens.
+        """Attributes, creation time, access and write times.
 
         WinFsp sends INVALID_FILE_ATTRIBUTES and 0 times for "no change" (it
         turns 0 attributes and -1 times into those: src/sys/fileinfo.c).
-        Creation and change times cannot be set through the core (POSIX has
-        neither as a settable time): accepted and dropped (docs/windows.md).
+
+        - On a volume that carries NTFS attributes (a Windows backing), the
+          settable attributes become ``system.ntfs_attrib`` and a creation
+          time ``system.ntfs_crtime``, both through ``Volume.setxattr`` (so
+          a snapshot keeps the old values);
+        - elsewhere only READONLY has a place (the write bits, ``chmod``),
+          and the creation time is accepted and dropped (POSIX cannot set
+          one);
+        - access and write times become ``utimens``; the change time cannot
+          be set through the core on either (accepted and dropped).
         """
         from vspfs.volume import UTIME_OMIT
 
         of = file_context
+        windows = self.has_windows_metadata()
         if file_attributes != wp.INVALID_FILE_ATTRIBUTES:
-            self._set_readonly(of, bool(file_attributes & wp.FILE_ATTRIBUTE_READONLY))
+            if windows:
+                wanted = file_attributes & wp.SETTABLE_FILE_ATTRIBUTES
+                self._set_ntfs_attributes(of.path, self._current_attr(of), wanted, add=False)
+            else:
+                self._set_readonly(of, bool(file_attributes & wp.FILE_ATTRIBUTE_READONLY))
+        if creation_time and windows:
+            current = self._ntfs_value(of.path, wp.NTFS_CRTIME_XATTR, wp.decode_ntfs_crtime)
+            if current != creation_time:
+                self.volume.setxattr(of.path, wp.NTFS_CRTIME_XATTR, wp.encode_ntfs_crtime(creation_time))
         if last_access_time or last_write_time:
             atime = wp.filetime_to_ns(last_access_time) if last_access_time else UTIME_OMIT
             mtime = wp.filetime_to_ns(last_write_time) if last_write_time else UTIME_OMIT
             self.volume.utimens(of.path, atime, mtime)
-        return _info_of(self._current_attr(of))
+        return self._info(of.path, self._current_attr(of))
 
     @translated
     def set_security(

@@ -1462,6 +1462,334 @@ def test_live_volume_label_and_errors(fake: ModuleType, env: Env) -> None:
     assert ops.unhandled == []
 
 
+# ================================= a Windows file's own attributes and creation time
+
+
+def test_ntfs_attrib_and_crtime_values_are_ntfs_3gs() -> None:
+    """4 bytes of FILE_ATTRIBUTE_* and 8 bytes of FILETIME, little-endian."""
+    assert wp.encode_ntfs_attrib(0x2026) == b"\x26\x20\x00\x00"
+    assert wp.decode_ntfs_attrib(b"\x26\x20\x00\x00") == 0x2026
+    assert wp.decode_ntfs_attrib(b"\x26\x20") is None
+    ft = 133_000_000_000_000_000
+    assert wp.encode_ntfs_crtime(ft) == ft.to_bytes(8, "little")
+    assert wp.decode_ntfs_crtime(ft.to_bytes(8, "little")) == ft
+    assert wp.decode_ntfs_crtime(bytes(8)) is None  # 0: "not set" to Windows
+    assert wp.decode_ntfs_crtime(b"\xff" * 8) is None and wp.decode_ntfs_crtime(b"\x01") is None
+    assert (wp.NTFS_ATTRIB_XATTR, wp.NTFS_CRTIME_XATTR) == ("system.ntfs_attrib", "system.ntfs_crtime")
+    assert wp.SETTABLE_FILE_ATTRIBUTES == 0x3127  # ntfs-3g's FILE_ATTR_SETTABLE
+
+
+def test_served_attributes_agree_with_the_objects_type() -> None:
+    hs = wp.FILE_ATTRIBUTE_HIDDEN | wp.FILE_ATTRIBUTE_SYSTEM
+    reg, d, lnk = stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777
+    assert wp.served_attributes(hs | wp.FILE_ATTRIBUTE_ARCHIVE, reg) == hs | wp.FILE_ATTRIBUTE_ARCHIVE
+    assert wp.served_attributes(hs, d) == hs | wp.FILE_ATTRIBUTE_DIRECTORY  # the type, not the value
+    assert wp.served_attributes(wp.FILE_ATTRIBUTE_DIRECTORY, reg) == 0
+    assert wp.served_attributes(wp.FILE_ATTRIBUTE_REPARSE_POINT | wp.FILE_ATTRIBUTE_DIRECTORY, d) == (
+        wp.FILE_ATTRIBUTE_DIRECTORY  # a junction: shown as the directory the core reaches
+    )
+    assert wp.served_attributes(wp.FILE_ATTRIBUTE_ARCHIVE, lnk) == (
+        wp.FILE_ATTRIBUTE_ARCHIVE | wp.FILE_ATTRIBUTE_REPARSE_POINT
+    )
+    never = wp.FILE_ATTRIBUTE_SPARSE_FILE | wp.FILE_ATTRIBUTE_ENCRYPTED | wp.FILE_ATTRIBUTE_NORMAL
+    kept = wp.FILE_ATTRIBUTE_COMPRESSED | wp.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED | wp.FILE_ATTRIBUTE_READONLY
+    assert wp.served_attributes(never | kept, reg) == kept
+
+
+def test_file_info_with_the_files_own_attributes_and_creation_time() -> None:
+    a = attr(stat.S_IFREG | 0o644)
+    info = winfsp.file_info(
+        a, wp.FILE_ATTRIBUTE_HIDDEN | wp.FILE_ATTRIBUTE_SPARSE_FILE, 125_000_000_000_000_000
+    )
+    assert info["file_attributes"] == wp.FILE_ATTRIBUTE_HIDDEN  # never SPARSE_FILE
+    assert info["creation_time"] == 125_000_000_000_000_000
+    assert {k: v for k, v in info.items() if k not in ("file_attributes", "creation_time")} == {
+        k: v for k, v in winfsp.file_info(a).items() if k not in ("file_attributes", "creation_time")
+    }
+
+
+class WindowsStandIn:
+    """What Windows keeps per file and Linux does not, per inode: the
+    attributes word and the creation time, behind the three calls the Windows
+    xattrs use (``stat`` as ``os.stat`` answers there, ``set_attributes``
+    and ``set_creation_time`` as Win32Files does them), plus a security
+    descriptor. As on Windows, READONLY of a file is its mode's write bits
+    (both ways), a new file is ARCHIVE, and the creation time is fixed when
+    a file is first seen."""
+
+    SD = wp.sddl_to_bytes("O:BAG:SYD:P(A;;FA;;;SY)(A;;FA;;;WD)")
+
+    def __init__(self) -> None:
+        self.attributes: dict[tuple[int, int], int] = {}  # settable bits set, READONLY aside for files
+        self.birth_ns: dict[tuple[int, int], int] = {}
+        self.sds: dict[tuple[int, int], bytes] = {}
+        self.calls: list[str] = []
+
+    @staticmethod
+    def _key(path: str) -> tuple[tuple[int, int], os.stat_result]:
+        st = os.lstat(path)
+        return (st.st_dev, st.st_ino), st
+
+    def stat(self, path: str) -> SimpleNamespace:
+        self.calls.append("stat")
+        key, st = self._key(path)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            attrs = self.attributes.get(key, 0) | wp.FILE_ATTRIBUTE_DIRECTORY
+        else:
+            attrs = self.attributes.get(key, wp.FILE_ATTRIBUTE_ARCHIVE) & ~wp.FILE_ATTRIBUTE_READONLY
+            attrs |= 0 if mode & stat.S_IWUSR else wp.FILE_ATTRIBUTE_READONLY
+            attrs |= wp.FILE_ATTRIBUTE_REPARSE_POINT if stat.S_ISLNK(mode) else 0
+        born = self.birth_ns.setdefault(key, st.st_ctime_ns)
+        return SimpleNamespace(
+            st_mode=mode,
+            st_file_attributes=attrs or wp.FILE_ATTRIBUTE_NORMAL,
+            st_birthtime_ns=born,
+            st_ctime_ns=st.st_ctime_ns,
+        )
+
+    def set_attributes(self, path: str, attributes: int) -> None:
+        self.calls.append("set_attributes")
+        key, st = self._key(path)
+        value = attributes & wp.SETTABLE_FILE_ATTRIBUTES  # what SetFileAttributesW changes
+        self.attributes[key] = value
+        if not stat.S_ISDIR(st.st_mode):
+            readonly = bool(value & wp.FILE_ATTRIBUTE_READONLY)
+            os.chmod(path, wp.mode_with_readonly(st.st_mode, readonly))
+
+    def set_creation_time(self, path: str, filetime: int) -> None:
+        self.calls.append("set_creation_time")
+        self.birth_ns[self._key(path)[0]] = wp.filetime_to_ns(filetime)
+
+    def get_security(self, path: str, info: int) -> bytes:
+        self.calls.append("get_security")
+        return self.sds.get(self._key(path)[0], self.SD)
+
+    def set_security(self, path: str, info: int, sd: bytes) -> None:
+        self.calls.append("set_security")
+        self.sds[self._key(path)[0]] = sd
+
+    def xattrs(self) -> Any:
+        from vspfs import hostfs
+
+        return hostfs.WindowsXattrs(
+            get_security=self.get_security,
+            set_security=self.set_security,
+            set_attributes=self.set_attributes,
+            set_creation_time=self.set_creation_time,
+            stat=self.stat,
+        )
+
+
+@dataclass
+class NtfsEnv(Env):
+    windows: WindowsStandIn
+
+
+@pytest.fixture
+def ntfs_env(tmp_path: Path) -> Iterator[NtfsEnv]:
+    """A volume whose backing "has" Windows' attributes and creation times:
+    the engine runs over the by-path host filesystem binding (Windows' own
+    code), with Linux's answers to its primitives and hostfs's Windows
+    xattrs (the real class) over :class:`WindowsStandIn`."""
+    if ON_WINDOWS:
+        pytest.skip("the core (vspfs.volume) is Linux-only for now")
+    from vspfs import hostfs
+    from vspfs.provider import Provider
+
+    windows = WindowsStandIn()
+    base = hostfs.linux_path_calls()
+    calls = hostfs.PathCalls(
+        access_path=hostfs._posix_location,
+        open_file=base._open_file,
+        open_directory=base._open_directory,
+        rename=base._rename,
+        sep="/",
+        xattrs=windows.xattrs(),
+    )
+    previous = hostfs.use(calls)
+    try:
+        backing = tmp_path / "data"
+        backing.mkdir()
+        provider = Provider(str(tmp_path / "state"))
+        try:
+            yield NtfsEnv(provider, provider.add_volume(str(backing), chunk_size=16), backing, windows)
+        finally:
+            provider.close()
+    finally:
+        hostfs.use(previous)
+
+
+def windows_live(fake: ModuleType, env: Env) -> Any:
+    """The live drive, with descriptors in ``system.ntfs_acl`` as on Windows."""
+    _, live = live_ops(fake, env)
+    live.security_xattr = winfsp.SECURITY_XATTR
+    return live
+
+
+def windows_virtual(fake: ModuleType, snap: Any) -> Any:
+    """A virtual drive, with descriptors in ``system.ntfs_acl`` as on Windows."""
+    _, virtual = snapshot_ops(fake, snap)
+    virtual.security_xattr = winfsp.SECURITY_XATTR
+    return virtual
+
+
+HIDDEN_SYSTEM = wp.FILE_ATTRIBUTE_HIDDEN | wp.FILE_ATTRIBUTE_SYSTEM
+T1 = 130_000_000_000_000_000  # FILETIMEs: 2012-12-18 and 2021-06-18
+T2 = 132_685_000_000_000_000
+
+
+@needs_linux_core
+def test_a_snapshot_keeps_a_files_windows_attributes_and_creation_time(
+    fake: ModuleType, ntfs_env: NtfsEnv
+) -> None:
+    env = ntfs_env
+    live = windows_live(fake, env)
+    assert live.has_windows_metadata()
+    status, h, info = live.ll_create("\\secret.txt", 0, WRITE_ACCESS, HIDDEN_SYSTEM, None)
+    assert status == 0 and info["file_attributes"] == HIDDEN_SYSTEM | wp.FILE_ATTRIBUTE_ARCHIVE
+    status, info = live.ll_set_basic_info(h, wp.INVALID_FILE_ATTRIBUTES, T1)
+    assert status == 0 and info["creation_time"] == T1
+    live.ll_write(h, b"hidden data", 0)
+    live.ll_cleanup(h, None, 0)
+    live.ll_close(h)
+    status, d, info = live.ll_create(
+        "\\Folder", winfsp.FILE_DIRECTORY_FILE, WRITE_ACCESS, wp.FILE_ATTRIBUTE_HIDDEN, None
+    )
+    assert status == 0 and info["file_attributes"] == wp.FILE_ATTRIBUTE_DIRECTORY | wp.FILE_ATTRIBUTE_HIDDEN
+    live.ll_close(d)
+    put(env.vol, "/untouched.txt", b"u")
+    _, u, _ = live.ll_open("\\untouched.txt", 0, WRITE_ACCESS)
+    status, info = live.ll_set_basic_info(u, wp.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED, T2)
+    assert info["file_attributes"] == wp.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED and info["creation_time"] == T2
+    live.ll_close(u)
+
+    snap = env.snapshot()
+
+    # then, through the live drive: every attribute cleared (WinFsp sends 0 for
+    # SetFileAttributes(NORMAL) on a file), a new creation time, READONLY on
+    _, h, _ = live.ll_open("\\SECRET.TXT", 0, WRITE_ACCESS)
+    status, info = live.ll_set_basic_info(h, 0, T2)
+    assert status == 0 and (info["file_attributes"], info["creation_time"]) == (0, T2)
+    status, info = live.ll_set_basic_info(h, wp.FILE_ATTRIBUTE_READONLY)
+    assert info["file_attributes"] == wp.FILE_ATTRIBUTE_READONLY
+    assert stat.S_IMODE(os.stat(env.backing / "secret.txt").st_mode) & 0o222 == 0  # Windows' one bit
+    live.ll_close(h)
+    _, d, _ = live.ll_open("\\Folder", winfsp.FILE_DIRECTORY_FILE)
+    assert live.ll_set_basic_info(d, wp.FILE_ATTRIBUTE_DIRECTORY)[1]["file_attributes"] == (
+        wp.FILE_ATTRIBUTE_DIRECTORY
+    )
+    live.ll_close(d)
+
+    virtual = windows_virtual(fake, snap)
+    assert virtual.has_windows_metadata()
+    status, h, info = virtual.ll_open("\\secret.txt")
+    assert status == 0
+    assert info["file_attributes"] == HIDDEN_SYSTEM | wp.FILE_ATTRIBUTE_ARCHIVE
+    assert info["creation_time"] == T1
+    assert virtual.ll_get_file_info(h)[1] == info
+    virtual.ll_close(h)
+    assert virtual.ll_get_security_by_name("\\secret.txt")[1] == HIDDEN_SYSTEM | wp.FILE_ATTRIBUTE_ARCHIVE
+    _, root, _ = virtual.ll_open("\\")
+    listed = {e["file_name"]: e for e in virtual.enumerate_dir(root)}
+    assert (listed["secret.txt"]["file_attributes"], listed["secret.txt"]["creation_time"]) == (
+        HIDDEN_SYSTEM | wp.FILE_ATTRIBUTE_ARCHIVE,
+        T1,
+    )
+    assert listed["Folder"]["file_attributes"] == wp.FILE_ATTRIBUTE_DIRECTORY | wp.FILE_ATTRIBUTE_HIDDEN
+    # unchanged since the snapshot: read live, one name at a time
+    assert listed["untouched.txt"]["file_attributes"] == wp.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED
+    assert listed["untouched.txt"]["creation_time"] == T2
+    assert virtual.ll_get_dir_info_by_name(root, "SECRET.TXT")[1]["creation_time"] == T1
+    virtual.ll_close(root)
+    assert read_all(virtual, "\\secret.txt") == b"hidden data"
+    # the live drive shows what the file is now
+    _, h, info = live.ll_open("\\secret.txt")
+    assert (info["file_attributes"], info["creation_time"]) == (wp.FILE_ATTRIBUTE_READONLY, T2)
+    live.ll_close(h)
+
+
+@needs_linux_core
+def test_describing_a_file_reads_no_security_descriptor(fake: ModuleType, ntfs_env: NtfsEnv) -> None:
+    """File info is asked all the time: on a virtual drive it reads the one
+    xattr it needs from an unchanged file, never the descriptor with it."""
+    env = ntfs_env
+    for i in range(5):
+        put(env.vol, f"/f{i}", b"x")
+    virtual = windows_virtual(fake, env.snapshot())
+    assert virtual.has_windows_metadata()  # decided once per drive (reads the root's xattrs)
+    env.windows.calls.clear()
+    _, root, _ = virtual.ll_open("\\")
+    assert len(virtual.enumerate_dir(root)) == 5
+    _, h, _ = virtual.ll_open("\\f3")
+    virtual.ll_get_file_info(h)
+    virtual.ll_close(h)
+    virtual.ll_close(root)
+    assert "get_security" not in env.windows.calls and "stat" in env.windows.calls
+
+
+@needs_linux_core
+def test_overwrite_and_create_attributes_on_a_windows_backing(fake: ModuleType, ntfs_env: NtfsEnv) -> None:
+    env = ntfs_env
+    live = windows_live(fake, env)
+    _, h, info = live.ll_create(
+        "\\t.tmp", 0, WRITE_ACCESS, wp.FILE_ATTRIBUTE_TEMPORARY | wp.FILE_ATTRIBUTE_NORMAL, None
+    )
+    assert info["file_attributes"] == wp.FILE_ATTRIBUTE_TEMPORARY | wp.FILE_ATTRIBUTE_ARCHIVE
+    live.ll_write(h, b"data", 0)
+    # FILE_OVERWRITE adds, FILE_SUPERSEDE replaces (and sets ARCHIVE), as NTFS does
+    status, info = live.ll_overwrite(h, wp.FILE_ATTRIBUTE_HIDDEN, False)
+    assert status == 0 and info["file_size"] == 0
+    assert info["file_attributes"] == (
+        wp.FILE_ATTRIBUTE_TEMPORARY | wp.FILE_ATTRIBUTE_ARCHIVE | wp.FILE_ATTRIBUTE_HIDDEN
+    )
+    assert live.ll_overwrite(h, wp.FILE_ATTRIBUTE_SYSTEM, True)[1]["file_attributes"] == (
+        wp.FILE_ATTRIBUTE_SYSTEM | wp.FILE_ATTRIBUTE_ARCHIVE
+    )
+    live.ll_close(h)
+    # nothing written when nothing changes
+    _, h, _ = live.ll_open("\\t.tmp", 0, WRITE_ACCESS)
+    env.windows.calls.clear()
+    live.ll_set_basic_info(h, wp.FILE_ATTRIBUTE_SYSTEM | wp.FILE_ATTRIBUTE_ARCHIVE)
+    assert "set_attributes" not in env.windows.calls
+    live.ll_close(h)
+
+
+@needs_linux_core
+def test_a_linux_hosted_volume_shows_attributes_from_modes(
+    fake: ModuleType, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No system.ntfs_attrib at the root: nothing changes, and no xattr is
+    read to describe a file."""
+    put(env.vol, "/f", b"abc", 0o444)
+    env.vol.mkdir("/d", 0o755)
+    snap = env.snapshot()
+    live, virtual = windows_live(fake, env), windows_virtual(fake, snap)
+    asked: list[str] = []
+    real = snap.getxattr
+    monkeypatch.setattr(snap, "getxattr", lambda p, n: (asked.append(n), real(p, n))[1])
+    assert not virtual.has_windows_metadata() and not live.has_windows_metadata()
+    _, root, _ = virtual.ll_open("\\")
+    listed = {e["file_name"]: e for e in virtual.enumerate_dir(root)}
+    virtual.ll_close(root)
+    assert listed["f"]["file_attributes"] == wp.FILE_ATTRIBUTE_ARCHIVE | wp.FILE_ATTRIBUTE_READONLY
+    assert listed["d"]["file_attributes"] == wp.FILE_ATTRIBUTE_DIRECTORY
+    a = snap.getattr("/f")
+    assert {k: listed["f"][k] for k in winfsp.file_info(a)} == winfsp.file_info(a)
+    assert asked == []
+    # the live drive: READONLY is the mode, HIDDEN and the creation time have no place
+    _, h, _ = live.ll_open("\\f", 0, WRITE_ACCESS)
+    status, info = live.ll_set_basic_info(h, wp.FILE_ATTRIBUTE_HIDDEN | wp.FILE_ATTRIBUTE_ARCHIVE, T1)
+    assert status == 0 and info["file_attributes"] == wp.FILE_ATTRIBUTE_ARCHIVE
+    assert info["creation_time"] != T1
+    assert stat.S_IMODE(os.stat(env.backing / "f").st_mode) == 0o644
+    live.ll_close(h)
+    status, h, info = live.ll_create("\\g", 0, WRITE_ACCESS, HIDDEN_SYSTEM, None)
+    assert status == 0 and info["file_attributes"] == wp.FILE_ATTRIBUTE_ARCHIVE
+    live.ll_close(h)
+    assert not [n for n in os.listxattr(env.backing / "g") if n.startswith("system.ntfs")]
+
+
 # ====================================================== on Windows, with WinFsp
 
 needs_winfsp = pytest.mark.skipif(not ON_WINDOWS, reason="needs Windows with WinFsp and winfspy")
