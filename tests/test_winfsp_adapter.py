@@ -1833,6 +1833,9 @@ class _MemorySnapshot:
     def getxattr(self, path: str, name: str) -> bytes:
         raise OSError(errno.ENODATA, "no data", path)
 
+    def listxattr(self, path: str) -> list[str]:
+        return []  # no system.ntfs_attrib: attributes from the modes
+
     def open(self, path: str) -> int:
         fh = len(self._open) + 1
         self._open[fh] = self.files["/" + path.strip("/")][1]
