@@ -117,8 +117,11 @@ FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 FILE_ATTRIBUTE_OFFLINE = 0x1000
 FILE_ATTRIBUTE_NOT_CONTENT_INDEXED = 0x2000
 #: what SetFileAttributesW sets (its documented list, NORMAL aside: "valid only
-#: when used alone", i.e. none of these); every other attribute is a state with
-#: a call of its own (DIRECTORY, REPARSE_POINT, SPARSE_FILE, COMPRESSED, ENCRYPTED)
+#: when used alone", i.e. none of these; the same set as ntfs-3g's
+#: FILE_ATTR_SETTABLE); every other attribute is a state with a call of its own:
+#: DIRECTORY (CreateDirectory), REPARSE_POINT (FSCTL_SET_REPARSE_POINT),
+#: SPARSE_FILE (FSCTL_SET_SPARSE), COMPRESSED (FSCTL_SET_COMPRESSION), ENCRYPTED
+#: (EncryptFile)
 SETTABLE_ATTRIBUTES = (
     FILE_ATTRIBUTE_READONLY
     | FILE_ATTRIBUTE_HIDDEN

@@ -601,20 +601,9 @@ FILE_ATTRIBUTE_OFFLINE = 0x1000
 FILE_ATTRIBUTE_NOT_CONTENT_INDEXED = 0x2000
 FILE_ATTRIBUTE_ENCRYPTED = 0x4000
 INVALID_FILE_ATTRIBUTES = 0xFFFFFFFF
-#: the attributes SetFileAttributesW sets (its documented list, FILE_ATTRIBUTE_NORMAL
-#: aside, which means "none of them"); the same set as ntfs-3g's FILE_ATTR_SETTABLE
-#: (0x3127). The others are states with their own calls: DIRECTORY (CreateDirectory),
-#: REPARSE_POINT (FSCTL_SET_REPARSE_POINT), SPARSE_FILE (FSCTL_SET_SPARSE),
-#: COMPRESSED (FSCTL_SET_COMPRESSION), ENCRYPTED (EncryptFile)
-SETTABLE_FILE_ATTRIBUTES = (
-    FILE_ATTRIBUTE_READONLY
-    | FILE_ATTRIBUTE_HIDDEN
-    | FILE_ATTRIBUTE_SYSTEM
-    | FILE_ATTRIBUTE_ARCHIVE
-    | FILE_ATTRIBUTE_TEMPORARY
-    | FILE_ATTRIBUTE_OFFLINE
-    | FILE_ATTRIBUTE_NOT_CONTENT_INDEXED
-)
+#: the attributes SetFileAttributesW sets (0x3127, ntfs-3g's FILE_ATTR_SETTABLE):
+#: one definition, beside the call, in vspfs.portable_io
+SETTABLE_FILE_ATTRIBUTES = portable_io.SETTABLE_ATTRIBUTES
 
 #: pseudo extended attributes carrying a Windows file's attributes and creation
 #: time through the core, with ntfs-3g's names and formats (its xattrs.c; the
