@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests.fake_dll import FakeDll
 from vspfs import portable_io as pio
 from vspfs import winplatform as wp
 from vspfs.cachefile import CacheFile, is_locked, iter_records, read_header, remove_if_stale
@@ -145,43 +146,12 @@ def _winerror_of(exc: OSError) -> int:
     }.get(exc.errno or 0, pio.ERROR_INVALID_PARAMETER)
 
 
-class _FakeFunction:
-    """One export: declared like ctypes (restype, argtypes), checks its calls."""
-
-    def __init__(self, dll: _FakeDll, name: str) -> None:
-        self.dll = dll
-        self.name = name
-        self.restype: object = None
-        self.argtypes: list[Any] | None = None
-
-    def __call__(self, *args: object) -> object:
-        assert self.argtypes is not None, f"{self.name} called without a declared signature"
-        assert len(args) == len(self.argtypes), f"{self.name}: {len(args)} arguments for {len(self.argtypes)}"
-        for argtype, arg in zip(self.argtypes, args, strict=True):
-            argtype.from_param(arg)  # raises as ctypes would for a wrong type
-        self.dll.calls.append((self.name, args))
-        return getattr(self.dll, "do_" + self.name)(*args)
-
-
-class _FakeDll:
-    """A DLL whose exports are :class:`_FakeFunction`s doing ``do_<name>``."""
-
-    def __init__(self) -> None:
-        self.functions: dict[str, _FakeFunction] = {}
-        self.calls: list[tuple[str, tuple[object, ...]]] = []
-
-    def __getattr__(self, name: str) -> _FakeFunction:
-        if name.startswith(("_", "do_")):
-            raise AttributeError(name)
-        return self.functions.setdefault(name, _FakeFunction(self, name))
-
-
 def _proc_path(fd: int) -> str:
     """Where a Linux fd is now (what GetFinalPathNameByHandleW answers)."""
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
-class FakeKernel32(_FakeDll):
+class FakeKernel32(FakeDll):
     """kernel32 over Linux files: a handle is a Linux fd of its own (so locks
     are per handle, as on Windows); ``last_error`` is the thread's last error."""
 
@@ -455,7 +425,7 @@ class FakeKernel32(_FakeDll):
         return 1
 
 
-class FakeAdvapi32(_FakeDll):
+class FakeAdvapi32(FakeDll):
     """advapi32's file security calls, a descriptor per inode (following
     links, as GetFileSecurityW opens the name); the thread's last error is
     kernel32's."""
@@ -563,7 +533,7 @@ def test_module_binds_the_windows_branch_on_windows(monkeypatch: pytest.MonkeyPa
     advapi32 = FakeAdvapi32(k)
     loaded: list[tuple[str, bool]] = []
 
-    def win_dll(name: str, use_last_error: bool = False) -> _FakeDll:
+    def win_dll(name: str, use_last_error: bool = False) -> FakeDll:
         loaded.append((name, use_last_error))
         return {"kernel32": k, "advapi32": advapi32}[name]
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.fake_dll import FakeDll
 from vspfs import daemon as daemon_mod
 from vspfs import winplatform as wp
 from vspfs.cli import main
@@ -279,35 +280,16 @@ def test_on_windows_switch_is_the_platform_layers(monkeypatch: pytest.MonkeyPatc
 # -------------------------------------------- flushing the live drives (item 6)
 
 
-class _FakeFunction:
-    """One kernel32 export: converts each argument with its declared argtypes, as ctypes does."""
+class _FakeKernel32(FakeDll):
+    """kernel32 for flush_drive: every call answers ``results[name]`` (default 1, success)."""
 
-    def __init__(self, dll: _FakeKernel32, name: str) -> None:
-        self.dll = dll
-        self.name = name
-        self.restype: object = None
-        self.argtypes: list[Any] | None = None
-
-    def __call__(self, *args: object) -> object:
-        assert self.argtypes is not None, f"{self.name} called without a declared signature"
-        assert len(args) == len(self.argtypes), f"{self.name}: {len(args)} arguments"
-        for argtype, arg in zip(self.argtypes, args, strict=True):
-            argtype.from_param(arg)  # raises as ctypes would for a wrong type
-        self.dll.calls.append((self.name, args))
-        return self.dll.results.get(self.name, 1)
-
-
-class _FakeKernel32:
     def __init__(self) -> None:
-        self.functions: dict[str, _FakeFunction] = {}
-        self.calls: list[tuple[str, tuple[object, ...]]] = []
+        super().__init__()
         self.results: dict[str, object] = {"CreateFileW": 0x1234}
         self.last_error = 0
 
-    def __getattr__(self, name: str) -> _FakeFunction:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self.functions.setdefault(name, _FakeFunction(self, name))
+    def default(self, name: str, args: tuple[object, ...]) -> object:
+        return self.results.get(name, 1)
 
 
 def test_flush_drive_declares_its_calls_and_ignores_the_flush_error(caplog: pytest.LogCaptureFixture) -> None:
