@@ -80,6 +80,7 @@ kernel32 (and advapi32) built on Linux files and OFD byte locks.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import struct
 import sys
@@ -389,6 +390,27 @@ def _posix_unlock(fd: int) -> None:
 # =============================================================================
 
 
+@functools.cache
+def overlapped_type() -> Any:
+    """minwinbase.h OVERLAPPED (the Offset/OffsetHigh union member as its
+    DWORDs): one ctypes class for the cache file's positional I/O here and
+    the control pipe's asynchronous I/O (vspfs/winpipe.py). Made on first
+    use, so that importing this module does not import ctypes."""
+    import ctypes
+    from ctypes import wintypes
+
+    class OVERLAPPED(ctypes.Structure):
+        _fields_ = [
+            ("Internal", ctypes.c_size_t),
+            ("InternalHigh", ctypes.c_size_t),
+            ("Offset", wintypes.DWORD),
+            ("OffsetHigh", wintypes.DWORD),
+            ("hEvent", wintypes.HANDLE),
+        ]
+
+    return OVERLAPPED
+
+
 class Win32Files:
     """The Windows branch of every function here, over ``kernel32`` and ``msvcrt``.
 
@@ -421,17 +443,6 @@ class Win32Files:
         self._msvcrt = msvcrt
         self._last_error = get_last_error
         self._a = advapi32
-
-        class OVERLAPPED(ctypes.Structure):
-            """minwinbase.h OVERLAPPED; the Offset/OffsetHigh union member as its DWORDs."""
-
-            _fields_ = [
-                ("Internal", ctypes.c_size_t),
-                ("InternalHigh", ctypes.c_size_t),
-                ("Offset", wintypes.DWORD),
-                ("OffsetHigh", wintypes.DWORD),
-                ("hEvent", wintypes.HANDLE),
-            ]
 
         class FILE_ATTRIBUTE_TAG_INFO(ctypes.Structure):
             """winbase.h FILE_ATTRIBUTE_TAG_INFO."""
@@ -489,7 +500,7 @@ class Win32Files:
 
             _fields_ = [("dwLowDateTime", ctypes.c_uint32), ("dwHighDateTime", ctypes.c_uint32)]
 
-        self.OVERLAPPED = OVERLAPPED
+        self.OVERLAPPED = overlapped_type()
         self.FILETIME = FILETIME
         self.FILE_ATTRIBUTE_TAG_INFO = FILE_ATTRIBUTE_TAG_INFO
         self.FILE_ID_DESCRIPTOR = FILE_ID_DESCRIPTOR
@@ -499,6 +510,7 @@ class Win32Files:
         self.INVALID_HANDLE_VALUE = wintypes.HANDLE(-1).value
 
         lp = ctypes.POINTER
+        OVERLAPPED = self.OVERLAPPED
         k = kernel32
         _sig(k.CreateFileW, wintypes.HANDLE, wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD,
              wintypes.LPVOID, wintypes.DWORD, wintypes.DWORD, wintypes.HANDLE)  # fmt: skip
