@@ -32,6 +32,7 @@ import threading
 from ctypes import wintypes
 from typing import Any
 
+from vspfs import portable_io
 from vspfs import winplatform as wp
 from vspfs.errors import UsageError
 
@@ -45,27 +46,14 @@ INVALID_HANDLE_VALUE = wintypes.HANDLE(-1).value
 INFINITE = 0xFFFFFFFF
 WAIT_OBJECT_0 = 0
 WAIT_TIMEOUT = 0x102
-GENERIC_READ = 0x80000000
-GENERIC_WRITE = 0x40000000
 SDDL_REVISION_1 = 1
-OWNER_SECURITY_INFORMATION = 0x1
-GROUP_SECURITY_INFORMATION = 0x2
-DACL_SECURITY_INFORMATION = 0x4
 PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 TOKEN_QUERY = 0x0008
 TOKEN_USER_CLASS = 1  # TOKEN_INFORMATION_CLASS.TokenUser
 
 
-class OVERLAPPED(ctypes.Structure):
-    """minwinbase.h OVERLAPPED; the Offset/OffsetHigh union member is laid out as its DWORDs."""
-
-    _fields_ = [
-        ("Internal", ctypes.c_size_t),
-        ("InternalHigh", ctypes.c_size_t),
-        ("Offset", wintypes.DWORD),
-        ("OffsetHigh", wintypes.DWORD),
-        ("hEvent", wintypes.HANDLE),
-    ]
+#: minwinbase.h OVERLAPPED, the cache file layer's class
+OVERLAPPED = portable_io.overlapped_type()
 
 
 class SECURITY_ATTRIBUTES(ctypes.Structure):
@@ -156,7 +144,7 @@ def _event() -> int:
 
 def handle_security(handle: int) -> bytes:
     """The owner, group and DACL of a kernel object (pipe, file), self-relative bytes."""
-    info = OWNER_SECURITY_INFORMATION | GROUP_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION
+    info = wp.OWNER_SECURITY_INFORMATION | wp.GROUP_SECURITY_INFORMATION | wp.DACL_SECURITY_INFORMATION
     needed = wintypes.DWORD(0)
     _advapi32.GetKernelObjectSecurity(handle, info, None, 0, ctypes.byref(needed))
     if not needed.value:
@@ -420,7 +408,7 @@ def connect(name: str, timeout: float | None) -> PipeConnection:
     wait_ms = 5000 if timeout is None else max(1, int(timeout * 1000))
     for _ in range(10):
         handle = _kernel32.CreateFileW(
-            name, GENERIC_READ | GENERIC_WRITE, 0, None, wp.OPEN_EXISTING, wp.PIPE_CLIENT_FLAGS, None
+            name, wp.GENERIC_READ | wp.GENERIC_WRITE, 0, None, wp.OPEN_EXISTING, wp.PIPE_CLIENT_FLAGS, None
         )
         if handle != INVALID_HANDLE_VALUE and handle:
             return PipeConnection(handle, server=False)
@@ -444,11 +432,11 @@ def write_private_file(path: str, data: bytes, owner_sid: str) -> None:
     try:
         handle = _kernel32.CreateFileW(
             path,
-            GENERIC_WRITE,
+            wp.GENERIC_WRITE,
             0,
             ctypes.byref(descriptor.attributes),
             wp.CREATE_NEW,
-            wp.FILE_ATTRIBUTE_NORMAL_VALUE,
+            wp.FILE_ATTRIBUTE_NORMAL,
             None,
         )
         if handle == INVALID_HANDLE_VALUE or not handle:

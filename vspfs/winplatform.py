@@ -481,11 +481,10 @@ def first_free_letter(taken: Iterable[str] | Callable[[], Iterable[str]] | None 
     )
 
 
-#: CreateFileW arguments of :func:`flush_drive` (winnt.h, fileapi.h)
-GENERIC_WRITE = 0x40000000
+#: CreateFileW arguments of :func:`flush_drive` (fileapi.h; GENERIC_WRITE and
+#: OPEN_EXISTING are with the access rights and the pipe's arguments below)
 FILE_SHARE_READ = 0x1
 FILE_SHARE_WRITE = 0x2
-OPEN_EXISTING = 3
 #: what CreateFileW returns on failure: (HANDLE)-1, as ctypes reads a c_void_p
 INVALID_HANDLE_VALUE = (1 << (8 * struct.calcsize("P"))) - 1
 
@@ -586,21 +585,22 @@ def filetime_to_ns(ft: int) -> int:
     return (ft - EPOCH_AS_FILETIME) * 100
 
 
-# FILE_ATTRIBUTE_* (winnt.h; winfspy's FILE_ATTRIBUTE enum has the same values)
-FILE_ATTRIBUTE_READONLY = 0x1
-FILE_ATTRIBUTE_HIDDEN = 0x2
-FILE_ATTRIBUTE_SYSTEM = 0x4
-FILE_ATTRIBUTE_DIRECTORY = 0x10
-FILE_ATTRIBUTE_ARCHIVE = 0x20
-FILE_ATTRIBUTE_NORMAL = 0x80
-FILE_ATTRIBUTE_TEMPORARY = 0x100
+# FILE_ATTRIBUTE_* (winnt.h; winfspy's FILE_ATTRIBUTE enum has the same values):
+# those the cache file layer uses are defined there, beside its calls
+FILE_ATTRIBUTE_READONLY = portable_io.FILE_ATTRIBUTE_READONLY
+FILE_ATTRIBUTE_HIDDEN = portable_io.FILE_ATTRIBUTE_HIDDEN
+FILE_ATTRIBUTE_SYSTEM = portable_io.FILE_ATTRIBUTE_SYSTEM
+FILE_ATTRIBUTE_DIRECTORY = portable_io.FILE_ATTRIBUTE_DIRECTORY
+FILE_ATTRIBUTE_ARCHIVE = portable_io.FILE_ATTRIBUTE_ARCHIVE
+FILE_ATTRIBUTE_NORMAL = portable_io.FILE_ATTRIBUTE_NORMAL
+FILE_ATTRIBUTE_TEMPORARY = portable_io.FILE_ATTRIBUTE_TEMPORARY
 FILE_ATTRIBUTE_SPARSE_FILE = 0x200
-FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+FILE_ATTRIBUTE_REPARSE_POINT = portable_io.FILE_ATTRIBUTE_REPARSE_POINT
 FILE_ATTRIBUTE_COMPRESSED = 0x800
-FILE_ATTRIBUTE_OFFLINE = 0x1000
-FILE_ATTRIBUTE_NOT_CONTENT_INDEXED = 0x2000
+FILE_ATTRIBUTE_OFFLINE = portable_io.FILE_ATTRIBUTE_OFFLINE
+FILE_ATTRIBUTE_NOT_CONTENT_INDEXED = portable_io.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED
 FILE_ATTRIBUTE_ENCRYPTED = 0x4000
-INVALID_FILE_ATTRIBUTES = 0xFFFFFFFF
+INVALID_FILE_ATTRIBUTES = portable_io.INVALID_FILE_ATTRIBUTES
 #: the attributes SetFileAttributesW sets (0x3127, ntfs-3g's FILE_ATTR_SETTABLE):
 #: one definition, beside the call, in vspfs.portable_io
 SETTABLE_FILE_ATTRIBUTES = portable_io.SETTABLE_ATTRIBUTES
@@ -1627,7 +1627,6 @@ PIPE_UNLIMITED_INSTANCES = 255
 PIPE_BUFFER_SIZE = 65536
 OPEN_EXISTING = 3
 CREATE_NEW = 1
-FILE_ATTRIBUTE_NORMAL_VALUE = 0x80
 #: CreateFile's SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION: the server may learn who
 #: the client is but cannot act as the client (a planted pipe gains nothing by impersonating)
 SECURITY_SQOS_PRESENT = 0x00100000
