@@ -56,7 +56,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from vspfs import errors, winplatform
@@ -991,26 +991,33 @@ def request(
     raise ProtocolError("the vspfs daemon sent a reply without a valid 'ok' field")
 
 
+@contextlib.contextmanager
+def _connect_errors(path: str, kind: str, start: str, other_user: str) -> Iterator[None]:
+    """A failed connection to the control ``kind`` (socket or pipe) as the
+    one-line error the CLI shows: nobody serves it (``start`` says how to
+    start a daemon), it belongs to another user, or it did not answer."""
+    try:
+        yield
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        raise DaemonNotRunning(f"no vspfs daemon is running on {path}: start one with `{start}`") from None
+    except PermissionError:
+        raise AccessDenied(
+            f"permission denied on the control {kind} {path}: "
+            f"the daemon belongs to another user ({other_user})"
+        ) from None
+    except TimeoutError:
+        raise ProtocolError(f"the vspfs daemon on {path} did not accept the connection in time") from None
+    except OSError as exc:
+        raise DaemonNotRunning(f"cannot reach a vspfs daemon on {path}: {exc.strerror or exc}") from None
+
+
 def _connect_socket(path: str, timeout: float | None) -> tuple[socket.socket, str]:
     """Connect to a Unix socket, check who serves it, read the key: (socket, key)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        try:
+        with _connect_errors(path, "socket", "vspfs serve BACKING", "run as that user or root"):
             sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-            raise DaemonNotRunning(
-                f"no vspfs daemon is running on {path}: start one with `vspfs serve BACKING`"
-            ) from None
-        except PermissionError:
-            raise AccessDenied(
-                f"permission denied on the control socket {path}: "
-                "the daemon belongs to another user (run as that user or root)"
-            ) from None
-        except TimeoutError:
-            raise ProtocolError(f"the vspfs daemon on {path} did not accept the connection in time") from None
-        except OSError as exc:
-            raise DaemonNotRunning(f"cannot reach a vspfs daemon on {path}: {exc.strerror or exc}") from None
         server_uid = _peer_uid(sock)
         if server_uid not in (os.geteuid(), 0):
             raise AccessDenied(
@@ -1036,21 +1043,8 @@ def _connect_pipe(path: str, timeout: float | None) -> tuple[Any, str]:
         raise _pipe_unavailable(path)
     transport = _winpipe()
     mine = _current_sid()
-    try:
+    with _connect_errors(path, "pipe", "vspfs serve BACKING=L:", "run as that user"):
         conn = transport.connect(path, timeout)
-    except FileNotFoundError:
-        raise DaemonNotRunning(
-            f"no vspfs daemon is running on {path}: start one with `vspfs serve BACKING=L:`"
-        ) from None
-    except PermissionError:
-        raise AccessDenied(
-            f"permission denied on the control pipe {path}: the daemon belongs to another user "
-            "(run as that user)"
-        ) from None
-    except TimeoutError:
-        raise ProtocolError(f"the vspfs daemon on {path} did not accept the connection in time") from None
-    except OSError as exc:
-        raise DaemonNotRunning(f"cannot reach a vspfs daemon on {path}: {exc.strerror or exc}") from None
     try:
         conn.settimeout(timeout)
         server_sid = conn.peer_sid()
