@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.fake_mounts import FakeBackend
 from vspfs import cli as cli_mod
 from vspfs.cli import cli, main
 from vspfs.daemon import VolumeSpec, _unescape_mountinfo, processes_holding
@@ -430,36 +431,6 @@ def test_open_files_under_a_backing_dir_are_found(tmp_path: Path) -> None:
 
 
 # ------------------------------------- a real daemon with a fake mount adapter
-
-
-class FakeHandle:
-    def __init__(self, mountpoint: str) -> None:
-        self.mountpoint = mountpoint
-        self.mounted = True
-
-    def wait_ready(self, timeout: float) -> bool:
-        return True
-
-    def unmount(self, timeout: float) -> None:
-        self.mounted = False
-
-
-class FakeBackend:
-    """Records what the daemon would mount; mounts nothing."""
-
-    def __init__(self) -> None:
-        self.live: list[FakeHandle] = []
-        self.drives: list[FakeHandle] = []
-
-    def mount_live(self, volume: object, mountpoint: str, *, allow_other: bool = False, over: bool = False):
-        h = FakeHandle(mountpoint)
-        self.live.append(h)
-        return h
-
-    def mount_snapshot(self, snapshot: object, mountpoint: str, *, allow_other: bool = False):
-        h = FakeHandle(mountpoint)
-        self.drives.append(h)
-        return h
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from tests.fake_mounts import FakeBackend
 from vspfs import backup, cli, config, control, jobs, procs
 from vspfs import daemon as daemon_mod
 from vspfs import winplatform as wp
@@ -166,26 +167,6 @@ def short_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-class FakeHandle:
-    def __init__(self, mountpoint: str) -> None:
-        self.mountpoint = mountpoint
-        self.mounted = True
-
-    def wait_ready(self, timeout: float) -> bool:
-        return True
-
-    def unmount(self, timeout: float) -> None:
-        self.mounted = False
-
-
-class FakeBackend:
-    def mount_live(self, volume: object, mountpoint: str, **kw: Any) -> FakeHandle:
-        return FakeHandle(mountpoint)
-
-    def mount_snapshot(self, snapshot: object, mountpoint: str, **kw: Any) -> FakeHandle:
-        return FakeHandle(mountpoint)
 
 
 # ------------------------------------------------------------------- daemon

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.fake_dll import FakeDll
+from tests.fake_mounts import FakeBackend, FakeHandle
 from vspfs import daemon as daemon_mod
 from vspfs import winplatform as wp
 from vspfs.cli import main
@@ -148,33 +149,6 @@ def test_prepare_drive_letter_on_windows(windows: set[str], short_dir: str) -> N
     assert os.listdir(short_dir) == []
 
 
-class FakeHandle:
-    def __init__(self, mountpoint: str) -> None:
-        self.mountpoint = mountpoint
-
-    def wait_ready(self, timeout: float) -> bool:
-        return True
-
-    def unmount(self, timeout: float) -> None:
-        pass
-
-
-class FakeBackend:
-    """Records the targets the daemon hands to the adapter; mounts nothing."""
-
-    def __init__(self) -> None:
-        self.live: list[tuple[str, bool]] = []
-        self.drives: list[str] = []
-
-    def mount_live(self, volume: object, mountpoint: str, *, allow_other: bool = False, over: bool = False):
-        self.live.append((mountpoint, over))
-        return FakeHandle(mountpoint)
-
-    def mount_snapshot(self, snapshot: object, mountpoint: str, *, allow_other: bool = False):
-        self.drives.append(mountpoint)
-        return FakeHandle(mountpoint)
-
-
 @pytest.fixture
 def letter_daemon(windows: set[str], short_dir: str) -> Iterator[dict[str, Any]]:
     """A real daemon (real provider, real socket) whose live view is on L:, as on Windows."""
@@ -209,7 +183,7 @@ def test_daemon_mounts_on_letters(
     capsys: pytest.CaptureFixture[str], letter_daemon: dict[str, Any], windows: set[str]
 ) -> None:
     backend: FakeBackend = letter_daemon["backend"]
-    assert backend.live == [("L:", False)]
+    assert [(h.mountpoint, h.over) for h in backend.live] == [("L:", False)]
     listing = _json(capsys, "list")
     assert listing["volumes"][0]["mountpoint"] == "L:"
     snap = _json(capsys, "snapshot", "create", "L:", "--mount", "v:")["snapshots"][0]
@@ -222,7 +196,7 @@ def test_daemon_mounts_on_letters(
     assert code == 8 and "live view" in err
     code, _, err = run(capsys, "mount", snap["id"], "C:")
     assert code == 2 and "drive C: is already in use" in err
-    assert backend.drives == ["V:", "U:"]
+    assert [h.mountpoint for h in backend.drives] == ["V:", "U:"]
     status = _json(capsys, "status", snap["id"])
     assert sorted(status["mounts"]) == ["U:", "V:"]
     assert _json(capsys, "unmount", "u:\\")["unmounted"] == "U:"
@@ -411,7 +385,9 @@ def test_a_drive_directory_is_left_for_winfsp_to_create(
     snap = _json(capsys, "snapshot", "create", "L:")["snapshots"][0]["id"]
     target = os.path.join(base, "snap")
     assert _json(capsys, "mount", snap, target)["mount"] == target
-    assert backend.drives == [target] and not os.path.lexists(target)  # WinFsp would make it
+    assert [h.mountpoint for h in backend.drives] == [target] and not os.path.lexists(
+        target
+    )  # WinFsp would make it
     code, _, err = run(capsys, "mount", snap, target)
     assert code == 8 and "already shows snapshot" in err
     os.mkdir(os.path.join(base, "old"))
@@ -460,7 +436,7 @@ def test_a_backup_job_on_windows_flushes_first_and_mounts_on_new_directories(
         d.jobs.op_finish({"job": args["job"]})
         t.join(10)
     (vol,) = status["volumes"]
-    assert vol["source"] == "snapshot" and vol["drive"] == backend.drives[0]
+    assert vol["source"] == "snapshot" and vol["drive"] == backend.drives[0].mountpoint
     assert seen == [False]
     assert order == [("flush", "L:"), ("hold", letter_daemon["backing"])]
     assert reports and reports[0]["ended_by"] == "finished"
