@@ -106,6 +106,42 @@ def test_a_missing_name_in_a_directory_that_stayed_is_the_answer(tmp_path: Path)
         os.close(fd)
 
 
+def test_a_directory_renamed_away_and_back_during_a_call_is_retried(tmp_path: Path) -> None:
+    """The directory's path is the same before and after the call, yet the
+    call ran while it was elsewhere: a rename through the binding in
+    between makes the miss a retry, not the answer."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"x")
+    real = hostfs.linux_path_calls()
+    attempts: list[str] = []
+    calls: hostfs.PathCalls
+
+    def open_file(path: str, flags: int, mode: int) -> int:
+        attempts.append(path)
+        if len(attempts) == 1:  # the directory goes away and comes back while this open runs
+            calls.rename_at(root, "a", root, "b", 0)
+            calls.rename_at(root, "b", root, "a", 0)
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return real._open_file(path, flags, mode)
+
+    calls = hostfs.PathCalls(
+        access_path=hostfs._posix_location,
+        open_file=open_file,
+        open_directory=real._open_directory,
+        rename=real._rename,
+        sep="/",
+    )
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(tmp_path / "a", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        got = calls.open_at(fd, "f", os.O_RDONLY)
+        os.close(got)
+        assert attempts == [str(tmp_path / "a" / "f")] * 2
+    finally:
+        os.close(fd)
+        os.close(root)
+
+
 def test_two_directory_calls_retry_when_either_moved(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "f").write_bytes(b"x")

@@ -33,6 +33,7 @@ import errno
 import os
 import stat as statmod
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -260,6 +261,11 @@ class PathCalls:
         self._sep = sep
         self._x = xattrs
         self.open_by_id = open_by_id
+        #: renames through this binding: in flight, and started or ended
+        #: (``_moves_lock`` guards both writes; readers read each int once)
+        self._moves_lock = threading.Lock()
+        self._moving = 0
+        self._moves = 0
         self._hide = hide
         self._disk_usage = disk_usage
 
@@ -273,32 +279,36 @@ class PathCalls:
         return self._join(self._path(dir_fd), name)
 
     def _on(self, dir_fd: int, name: str, op: Callable[[str], T]) -> T:
-        """``op(path of name)``, again if the directory moved meanwhile.
+        """``op(path of name)``, again if the directory may have moved meanwhile.
 
         A path is only a snapshot of where the directory was: if it is
         renamed between asking its path and using it, the name is not found
-        there, where a POSIX ``*at`` call would have found it. A failure
-        that may come from that is retried with the new path; one made while
-        the directory stayed put is the answer."""
-        for _ in range(_RETRIES):
-            base = self._path(dir_fd)
-            try:
-                return op(self._join(base, name))
-            except (FileNotFoundError, NotADirectoryError):
-                if self._path(dir_fd) == base:
-                    raise
-        return op(self.at_path(dir_fd, name))
+        there, where a POSIX ``*at`` call would have found it. A "not found"
+        or "not a directory" is the answer only if the directory's path is
+        the same afterwards *and* no rename through this binding ran in
+        between; otherwise the call is made again with the new path. The
+        second condition catches a directory renamed away and back during
+        the call, which leaves its path as it was (every rename of a served
+        volume goes through the live view, hence through here)."""
+        return self._retrying((dir_fd,), (name,), op)
 
     def _on2(self, fd1: int, name1: str, fd2: int, name2: str, op: Callable[[str, str], T]) -> T:
-        """``_on`` for calls naming two objects (rename, link)."""
+        """``_on`` for calls naming two objects (link)."""
+        return self._retrying((fd1, fd2), (name1, name2), op)
+
+    def _retrying(
+        self, fds: tuple[int, ...], names: tuple[str, ...], op: Callable[..., T], *, watch_moves: bool = True
+    ) -> T:
         for _ in range(_RETRIES):
-            base1, base2 = self._path(fd1), self._path(fd2)
+            moves, quiet = self._moves, not self._moving
+            bases = [self._path(fd) for fd in fds]
             try:
-                return op(self._join(base1, name1), self._join(base2, name2))
+                return op(*(self._join(base, name) for base, name in zip(bases, names, strict=True)))
             except (FileNotFoundError, NotADirectoryError):
-                if (self._path(fd1), self._path(fd2)) == (base1, base2):
+                settled = not watch_moves or (quiet and self._moves == moves)
+                if settled and [self._path(fd) for fd in fds] == bases:
                     raise
-        return op(self.at_path(fd1, name1), self.at_path(fd2, name2))
+        return op(*(self.at_path(fd, name) for fd, name in zip(fds, names, strict=True)))
 
     def location(self, fd: int) -> str:
         return self._path(fd).replace(self._sep, "/")
@@ -367,9 +377,24 @@ class PathCalls:
         self._on(dir_fd, name, os.rmdir)
 
     def rename_at(self, old_dir_fd: int, old: str, new_dir_fd: int, new: str, flags: int = 0) -> None:
+        """Counted while it runs (see ``_on``). Its own "not found" is judged
+        by the paths alone: the live view makes one rename at a time."""
         if flags & ~RENAME_NOREPLACE:
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported here", old)
-        self._on2(old_dir_fd, old, new_dir_fd, new, lambda a, b: self._rename(a, b, not flags))
+        with self._moves_lock:
+            self._moving += 1
+            self._moves += 1
+        try:
+            self._retrying(
+                (old_dir_fd, new_dir_fd),
+                (old, new),
+                lambda a, b: self._rename(a, b, not flags),
+                watch_moves=False,
+            )
+        finally:
+            with self._moves_lock:
+                self._moving -= 1
+                self._moves += 1
 
     def chmod_at(self, dir_fd: int, name: str, mode: int) -> None:
         def change(path: str) -> None:
